@@ -1,0 +1,132 @@
+"""Qwen2/Qwen2.5 decoder with an explicit KV cache.
+
+Attention takes positions and a boolean mask over key slots, so the same layer serves a
+plain causal pass, cached prefill + decode, and packed block-masked sequences.
+Legend: B batch, T query tokens, S key slots, D width, H query heads, K KV heads,
+E head dim, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqathinker_jax import layers
+from vqathinker_jax.model_config import DTYPES, TextConfig
+
+Cache = list  # per layer {"k": [B, S, K, E], "v": [B, S, K, E]}
+
+
+def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(cfg.num_layers)]
+
+
+def causal_mask(attention_mask_BT: jax.Array) -> jax.Array:
+  """[B, T, T] mask: query t sees valid keys s <= t."""
+  T = attention_mask_BT.shape[1]
+  causal_TT = jnp.tril(jnp.ones((T, T), bool))
+  return causal_TT[None] & attention_mask_BT.astype(bool)[:, None, :]
+
+
+def positions_from_mask(attention_mask_BT: jax.Array) -> jax.Array:
+  """0, 1, 2, ... over valid tokens (right or left padding alike)."""
+  return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def apply_rope(x_BTHE: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, half-split layout (`rotate_half`), computed in float32."""
+  E = x_BTHE.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))
+  freqs_BTe = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+  cos = jnp.cos(jnp.concatenate([freqs_BTe, freqs_BTe], -1))[:, :, None]
+  sin = jnp.sin(jnp.concatenate([freqs_BTe, freqs_BTe], -1))[:, :, None]
+  x = x_BTHE.astype(jnp.float32)
+  x1, x2 = x[..., : E // 2], x[..., E // 2:]
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x_BTHE.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+    D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q = layers.Dense(D, H * E, ("embed", "q_heads"), bias=True, **kw)
+    self.k = layers.Dense(D, K * E, ("embed", "kv_heads"), bias=True, **kw)
+    self.v = layers.Dense(D, K * E, ("embed", "kv_heads"), bias=True, **kw)
+    self.o = layers.Dense(H * E, D, ("q_heads", "embed"), bias=False, **kw)
+    self.cfg = cfg
+
+  def __call__(self, x_BTD, positions_BT, mask_BTS, cache=None, cache_index=None):
+    B, T, _ = x_BTD.shape
+    H, K, E = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
+    q_BTHE = apply_rope(self.q(x_BTD).reshape(B, T, H, E), positions_BT, self.cfg.rope_theta)
+    k_BTKE = apply_rope(self.k(x_BTD).reshape(B, T, K, E), positions_BT, self.cfg.rope_theta)
+    v_BTKE = self.v(x_BTD).reshape(B, T, K, E)
+    if cache is not None:
+      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
+          buf, new.astype(buf.dtype), cache_index, axis=1)
+      cache = {"k": write(cache["k"], k_BTKE), "v": write(cache["v"], v_BTKE)}
+      k_BSKE, v_BSKE = cache["k"].astype(q_BTHE.dtype), cache["v"].astype(q_BTHE.dtype)
+    else:
+      k_BSKE, v_BSKE = k_BTKE, v_BTKE
+    out_BTHE = layers.attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, E ** -0.5)
+    return self.o(out_BTHE.reshape(B, T, H * E)), cache
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_norm = layers.RMSNorm(D, cfg.rms_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
+    self.post_norm = layers.RMSNorm(D, cfg.rms_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
+    self.attn = Attention(cfg, **kw)
+    self.gate = layers.Dense(D, F, ("embed", "mlp"), bias=False, **kw)
+    self.up = layers.Dense(D, F, ("embed", "mlp"), bias=False, **kw)
+    self.down = layers.Dense(F, D, ("mlp", "embed"), bias=False, **kw)
+
+  def __call__(self, x_BTD, positions_BT, mask_BTS, cache=None, cache_index=None):
+    h, cache = self.attn(self.input_norm(x_BTD), positions_BT, mask_BTS, cache, cache_index)
+    x_BTD = x_BTD + h
+    y = self.post_norm(x_BTD)
+    return x_BTD + self.down(jax.nn.silu(self.gate(y)) * self.up(y)), cache
+
+
+class Qwen2(nnx.Module):
+  """Token embedding, decoder layers, final norm and LM head."""
+
+  def __init__(self, cfg: TextConfig, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+    dt, pdt = DTYPES[dtype], DTYPES[param_dtype]
+    self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), pdt, ("vocab", "embed"))
+    self.layers = nnx.List([DecoderLayer(cfg, dtype=dt, param_dtype=pdt, rngs=rngs)
+                            for _ in range(cfg.num_layers)])
+    self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "norm", dtype=dt, param_dtype=pdt)
+    self.lm_head = (None if cfg.tie_word_embeddings else
+                    layers.Dense(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
+                                 dtype=dt, param_dtype=pdt, rngs=rngs))
+    self.cfg, self.dtype = cfg, dt
+
+  def embed_tokens(self, ids_BT: jax.Array) -> jax.Array:
+    return jnp.take(self.embed[...], ids_BT, axis=0).astype(self.dtype)
+
+  def __call__(self, x_BTD, positions_BT, mask_BTS, cache: Cache | None = None,
+               cache_index=None):
+    """Final-normed hidden states [B, T, D] and the updated cache (or None)."""
+    new_cache = [] if cache is not None else None
+    for i, layer in enumerate(self.layers):
+      x_BTD, c = layer(x_BTD, positions_BT, mask_BTS,
+                       None if cache is None else cache[i], cache_index)
+      if cache is not None:
+        new_cache.append(c)
+    return self.norm(x_BTD), new_cache
+
+  def logits(self, h_BTD: jax.Array) -> jax.Array:
+    if self.lm_head is None:
+      out = jnp.einsum("btd,vd->btv", h_BTD, self.embed[...].astype(self.dtype))
+    else:
+      out = self.lm_head(h_BTD)
+    return out.astype(jnp.float32)
