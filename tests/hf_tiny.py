@@ -5,8 +5,19 @@ import pathlib
 
 import numpy as np
 
+from vqathinker_jax.model_config import ModelConfig, TextConfig, VisionConfig
+
 IMAGE_TOKEN = 500
 VOCAB = 512
+
+# The same architecture as `tiny_hf_config()`, for tests that need no transformers.
+TINY = ModelConfig(
+    vision=VisionConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96,
+                        image_size=56),
+    text=TextConfig(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=16, intermediate_size=128, rope_theta=10000.0,
+                    max_position_embeddings=1024),
+    image_token_id=IMAGE_TOKEN)
 
 
 def tiny_hf_config(*, tied=False, qk_norm=False, norm_type="layer_norm", final_norm=False,
@@ -120,7 +131,7 @@ def padded_batch(seed=0, size=56, frames=(2, 1), length=16):
   ids = rng.integers(0, IMAGE_TOKEN, (len(frames), length))
   mask = np.zeros_like(ids)
   for b, n in enumerate(frames):
-    valid = length - 3 * b  # row b has 3*b padding tokens
+    valid = length - 3 * (b % 2)  # odd rows end in 3 padding tokens
     mask[b, :valid] = 1
     ids[b, 2:2 + n * per_frame] = IMAGE_TOKEN
     ids[b, valid:] = 0

@@ -82,7 +82,7 @@ class InternVL(nnx.Module):
     x_BTD = self.embed(input_ids_BT, pixel_values_NHWC)
     h_BTD, _ = self.llm(x_BTD, llm.positions_from_mask(attention_mask_BT),
                         llm.causal_mask(attention_mask_BT))
-    return self.llm.logits(h_BTD)
+    return sharding.constrain_batch(self.llm.logits(h_BTD))
 
   def __call__(self, input_ids, pixel_values=None, attention_mask=None) -> jax.Array:
     """Logits [B, T, V] (float32). Right-padded batches: pass `attention_mask`."""
