@@ -74,9 +74,6 @@ class ModelConfig:
     grid = (image_size or self.vision.image_size) // self.vision.patch_size
     return (grid // 2) ** 2
 
-  def with_dtype(self, dtype: str, param_dtype: str | None = None) -> "ModelConfig":
-    return dataclasses.replace(self, dtype=dtype, param_dtype=param_dtype or dtype)
-
 
 def dtype_name(dtype) -> str:
   """'float32' for jnp.float32, np.dtype('float32') or the string itself."""

@@ -108,12 +108,6 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh,
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_spec(ndim: int, mesh: Mesh) -> P:
-  """Shard dimension 0 over the batch axes present in ``mesh``."""
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  return P(axes or None, *([None] * (ndim - 1)))
-
-
 def constrain_batch(x: jax.Array) -> jax.Array:
   """Split dim 0 over the batch axes of the mesh in context; a no-op without one."""
   mesh = jax.sharding.get_abstract_mesh()
