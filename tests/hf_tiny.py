@@ -137,3 +137,18 @@ def padded_batch(seed=0, size=56, frames=(2, 1), length=16):
     ids[b, valid:] = 0
   pix = rng.standard_normal((sum(frames), size, size, 3)).astype(np.float32)
   return ids, pix, mask
+
+
+def video_batch(seed=0, videos=2, frames=6, size=224, text=6, motion=True):
+  """Right-padded prompts of B videos: text, T x P frame slots, (one motion slot,) text;
+  odd rows end in 3 padding tokens. Frames [B, T, size, size, 3]."""
+  rng = np.random.default_rng(seed)
+  slots = frames * (size // 28) ** 2 + motion
+  length = 2 * text + slots
+  ids = rng.integers(0, IMAGE_TOKEN, (videos, length))
+  ids[:, text:text + slots] = IMAGE_TOKEN
+  mask = np.ones_like(ids)
+  mask[1::2, -3:] = 0
+  ids[mask == 0] = 0
+  pix = rng.standard_normal((videos, frames, size, size, 3)).astype(np.float32)
+  return ids, pix, mask

@@ -13,6 +13,7 @@ about the largest tensor, not the model. Export always writes the "hf" layout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,10 +27,13 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from vqathinker_jax import sharding
+from vqathinker_jax import sharding, slowfast
 from vqathinker_jax.model_config import DTYPES, ModelConfig, TextConfig, VisionConfig
 
 INDEX_FILE = "model.safetensors.index.json"
+MOTION_PREFIX = "motion_mlp."  # VQAThinker's projector, nn.Sequential indices 0, 1, 3
+SLOWFAST_PREFIX = "slowfast_model.feature_extraction."  # PyTorchVideo's `blocks.` 0..4
+MOTION_CONFIG_KEY = "vqathinker_motion"  # our config.json entry for SlowFastConfig
 DEFAULT_IMAGE_TOKEN_ID = 151667  # <IMG_CONTEXT> in the InternVL3 tokenizer
 
 # Layout conversions, checkpoint tensor -> ours (PyTorch stores Linear as [out, in]).
@@ -39,6 +43,7 @@ TO_OURS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda t: t.transpose(2, 3, 1, 0),  # [o, i, kh, kw] -> [kh, kw, i, o]
     "token": lambda t: t.reshape(-1),            # [1, 1, C] -> [C]
     "pos": lambda t: t.reshape(t.shape[-2], t.shape[-1]),  # [1, 1+P, C] -> [1+P, C]
+    "conv3d": lambda t: t.transpose(2, 3, 4, 1, 0),  # [o, i, kt, kh, kw] -> [kt, kh, kw, i, o]
 }
 FROM_OURS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "vec": lambda t: t,
@@ -46,6 +51,7 @@ FROM_OURS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda t: t.transpose(3, 2, 0, 1),
     "token": lambda t: t.reshape(1, 1, -1),
     "pos": lambda t: t[None],
+    "conv3d": lambda t: t.transpose(4, 3, 0, 1, 2),
 }
 # transformers' in-memory names -> the names its save_pretrained writes.
 HF_ALIASES = (("model.vision_tower.", "vision_tower."),
@@ -130,13 +136,16 @@ def _image_token_from_tokenizer(path: pathlib.Path) -> int | None:
   return None
 
 
-def config_from_hf(config: dict, *, has_lm_head: bool, path: pathlib.Path | None = None,
-                   dtype: str = "float32", param_dtype: str = "float32",
-                   image_token_id: int | None = None) -> ModelConfig:
+def config_from_hf(config: dict, *, has_lm_head: bool,
+                   motion: slowfast.SlowFastConfig | None = None,
+                   path: pathlib.Path | None = None, dtype: str = "float32",
+                   param_dtype: str = "float32", image_token_id: int | None = None) -> ModelConfig:
   """ModelConfig from a config.json of either layout.
 
   Tying is decided by the tensors (an lm_head present means untied): transformers'
   InternVL config defaults `tie_word_embeddings=True`, which is wrong for InternVL3.
+  So is the motion branch (see `motion_config`): the release's config.json does not
+  announce it.
   """
   layout = detect_layout(config)
   if layout == "hf":
@@ -159,7 +168,7 @@ def config_from_hf(config: dict, *, has_lm_head: bool, path: pathlib.Path | None
     raise CheckpointError(f"projector_hidden_act {act!r} is not supported (only gelu)")
   if isinstance(feature_layer, (list, tuple)):
     raise CheckpointError("a list of vision_feature_layer indices is not supported")
-  return ModelConfig(vision=vision, text=text, image_token_id=int(token),
+  return ModelConfig(vision=vision, text=text, image_token_id=int(token), motion=motion,
                      downsample_ratio=config.get("downsample_ratio", 0.5),
                      vision_feature_layer=int(feature_layer), dtype=dtype, param_dtype=param_dtype)
 
@@ -182,12 +191,15 @@ def config_to_hf(cfg: ModelConfig) -> dict:
                 attention_bias=v.qkv_bias, use_qk_norm=v.qk_norm, norm_type=v.norm_type,
                 layer_norm_eps=v.layer_norm_eps, layer_scale_init_value=v.layer_scale_init,
                 use_mean_pooling=not _has_final_norm(cfg), use_absolute_position_embeddings=True)
-  return dict(architectures=["InternVLForConditionalGeneration"], model_type="internvl",
+  out = dict(architectures=["InternVLForConditionalGeneration"], model_type="internvl",
               vision_config=vision, text_config=text, image_token_id=cfg.image_token_id,
               image_seq_length=cfg.tokens_per_frame(), downsample_ratio=cfg.downsample_ratio,
               projector_hidden_act="gelu", vision_feature_layer=-1,
               vision_feature_select_strategy="default",
               tie_word_embeddings=t.tie_word_embeddings, dtype=cfg.param_dtype)
+  if cfg.motion is not None:  # transformers ignores the motion tensors; we reload them
+    out[MOTION_CONFIG_KEY] = dataclasses.asdict(cfg.motion)
+  return out
 
 
 def _num_vit_blocks(cfg: ModelConfig) -> int:
@@ -285,6 +297,13 @@ def weight_map(cfg: ModelConfig, layout: str) -> dict[str, tuple[str, str, tuple
   add("llm.norm.scale", f"{lm}.norm.weight")
   if not cfg.text.tie_word_embeddings:
     add("llm.lm_head.kernel", "language_model.lm_head.weight", "linear")
+
+  if cfg.motion is not None:  # same names in both layouts; export keeps them
+    norm("motion_mlp.norm", f"{MOTION_PREFIX}0", "layer_norm")
+    linear("motion_mlp.fc1", f"{MOTION_PREFIX}1")
+    linear("motion_mlp.fc2", f"{MOTION_PREFIX}3")
+    for ours, (key, kind) in slowfast.torch_names(cfg.motion).items():
+      add(f"slowfast.{ours}", SLOWFAST_PREFIX + key, kind)
   return m
 
 
@@ -294,8 +313,16 @@ class TensorFiles:
   """Index of the safetensors files of a directory: key -> file, opened lazily."""
 
   def __init__(self, path: pathlib.Path):
+    if path.is_file():  # a single .safetensors file
+      path, only = path.parent, [path.name]
+    elif not path.is_dir():
+      raise FileNotFoundError(f"no checkpoint at {path}")
+    else:
+      only = None
     index = path / INDEX_FILE
-    if index.exists():
+    if only:
+      files = only
+    elif index.exists():
       weight_map_ = json.loads(index.read_text())["weight_map"]
       files = sorted(set(weight_map_.values()))
     else:
@@ -345,7 +372,10 @@ def _canonical(keys: set[str], layout: str) -> dict[str, str]:
 
 
 def _ignorable(key: str, cfg: ModelConfig, layout: str) -> bool:
-  """Tensors we knowingly leave out: ViT blocks past `vision_feature_layer`."""
+  """Tensors we knowingly leave out: ViT blocks past `vision_feature_layer`, batch-norm
+  step counters and SlowFast's classification head (blocks 5, 6)."""
+  if key.startswith(SLOWFAST_PREFIX):
+    return key.endswith("num_batches_tracked") or int(key[len(SLOWFAST_PREFIX):].split(".")[0]) > 4
   prefix = "vision_tower.encoder.layer." if layout == "hf" else "vision_model.encoder.layers."
   if key.startswith(prefix):
     return int(key[len(prefix):].split(".")[0]) >= _num_vit_blocks(cfg)
@@ -364,8 +394,29 @@ def _converted_shape(shape: tuple[int, ...], kind: str, part) -> tuple[int, ...]
   return _convert(np.empty(shape, np.bool_), kind, part).shape
 
 
+def motion_config(config: dict, stored_shapes: dict[str, tuple]) -> slowfast.SlowFastConfig | None:
+  """The motion branch's config when the checkpoint has one (`motion_mlp.*` or SlowFast
+  tensors): our `vqathinker_motion` entry if config.json has it, else SPEC's, with the
+  SlowFast width and depth read off the tensors."""
+  sf = {k[len(SLOWFAST_PREFIX):]: v for k, v in stored_shapes.items() if k.startswith(SLOWFAST_PREFIX)}
+  if not sf and not any(k.startswith(MOTION_PREFIX) for k in stored_shapes):
+    return None
+  return slowfast.infer_config(sf, **config.get(MOTION_CONFIG_KEY, {}))
+
+
+def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+  """A newly initialised `motion_mlp` (SPEC's U(0, 0.01) init), flat path -> array."""
+  from vqathinker_jax.motion import MotionProjector
+  dt = DTYPES[cfg.param_dtype]
+  mlp = MotionProjector(cfg.motion.feature_dim(), cfg.text.hidden_size, dtype=dt,
+                        param_dtype=dt, rngs=nnx.Rngs(seed))
+  return {"motion_mlp." + ".".join(map(str, p)): np.asarray(v[...])
+          for p, v in nnx.to_flat_state(nnx.state(mlp))}
+
+
 def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=None,
-         rules=sharding.DEFAULT_RULES, image_token_id: int | None = None):
+         rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
+         slowfast_weights=None, seed: int = 0):
   """(model, cfg) from a local checkpoint directory; see `model.from_pretrained`."""
   from vqathinker_jax.model import InternVL
 
@@ -375,10 +426,25 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
   config = json.loads((path / "config.json").read_text())
   layout = detect_layout(config)
   files = TensorFiles(path)
+  if slowfast_weights is not None:  # converted SlowFast tensors replace any in the checkpoint
+    sf_files = TensorFiles(pathlib.Path(slowfast_weights))
+    foreign = sorted(k for k in sf_files.keys() if not k.startswith(SLOWFAST_PREFIX))
+    if foreign or not sf_files.keys():
+      raise CheckpointError(f"{slowfast_weights} is not a converted SlowFast file (keys "
+                            f"{foreign[:3]}); write one with `python -m "
+                            "vqathinker_jax.tools.convert_slowfast IN OUT`")
+    files.key_file.update(sf_files.key_file)
   stored = _canonical(files.keys(), layout)
-  cfg = config_from_hf(config, has_lm_head="language_model.lm_head.weight" in stored, path=path,
-                       dtype=dtype, param_dtype=param_dtype, image_token_id=image_token_id)
+  cfg = config_from_hf(config, has_lm_head="language_model.lm_head.weight" in stored,
+                       motion=motion_config(config, {k: files.shape(v) for k, v in stored.items()}),
+                       path=path, dtype=dtype, param_dtype=param_dtype,
+                       image_token_id=image_token_id)
   wmap = weight_map(cfg, layout)
+  fresh = {}
+  if cfg.motion is not None and not any(k.startswith(MOTION_PREFIX) for k in stored):
+    # InternVL3 + SlowFast, before VQAThinker training: motion_mlp starts from scratch.
+    fresh = _fresh_motion_mlp(cfg, seed)
+    wmap = {k: v for k, v in wmap.items() if k not in fresh}
 
   needed = {key for key, _, _ in wmap.values()}
   missing = sorted(needed - set(stored))
@@ -394,12 +460,13 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
   mesh = mesh or sharding.single_device_mesh()
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
   shardings = sharding.param_shardings(abstract, mesh, rules)
-  np_dtype = np.dtype(DTYPES[param_dtype])
   flat_shardings = dict(nnx.to_flat_state(shardings))
 
   # Validate every shape before reading any data.
   for path_t, var in nnx.to_flat_state(abstract):
     ours = ".".join(map(str, path_t))
+    if ours in fresh:
+      continue
     if ours not in wmap:
       raise CheckpointError(f"no checkpoint tensor maps to parameter {ours}")
     key, kind, part = wmap[ours]
@@ -417,10 +484,14 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
 
   leaves = {}
   for path_t, var in nnx.to_flat_state(abstract):
-    key, kind, part = wmap[".".join(map(str, path_t))]
-    arr = np.ascontiguousarray(_convert(read(key), kind, part)).astype(np_dtype, copy=False)
-    if not np.isfinite(arr).all():
-      raise CheckpointError(f"tensor {stored[key]} holds NaN or Inf values")
+    ours = ".".join(map(str, path_t))
+    if ours in fresh:
+      arr = fresh[ours]
+    else:
+      key, kind, part = wmap[ours]
+      arr = np.ascontiguousarray(_convert(read(key), kind, part)).astype(var.dtype, copy=False)
+      if not np.isfinite(arr).all():
+        raise CheckpointError(f"tensor {stored[key]} holds NaN or Inf values")
     sh = flat_shardings[path_t].get_value()
     leaves[path_t] = var.replace(jax.make_array_from_callback(arr.shape, sh, lambda idx, a=arr: a[idx]))
   state = nnx.from_flat_state(leaves)
@@ -459,7 +530,7 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   path = pathlib.Path(path)
   out_dtype = np.dtype(DTYPES[dtype or cfg.param_dtype])
   wmap = weight_map(cfg, "hf")
-  flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m))}
   extra = sorted(set(flat) - set(wmap))
   if extra:
     raise CheckpointError(f"parameters with no transformers name: {', '.join(extra[:10])}")

@@ -14,9 +14,12 @@ from flax import nnx
 INIT_STD = 0.02
 
 
-def param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str | float = "normal") -> nnx.Param:
-  """A Param initialised as ``init`` ('normal', 'zeros', 'ones' or a constant)."""
-  if init == "normal":
+def param(rngs: nnx.Rngs | None, shape, dtype, axes, init="normal") -> nnx.Param:
+  """A Param initialised as ``init``: 'normal', 'zeros', 'ones', a constant, or a
+  callable ``(key, shape) -> float32 array``."""
+  if callable(init):
+    value = init(rngs.params(), shape)
+  elif init == "normal":
     value = INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
   elif init == "zeros":
     value = jnp.zeros(shape, jnp.float32)
@@ -32,8 +35,8 @@ class Dense(nnx.Module):
   """``y = x @ kernel (+ bias)`` computed in ``dtype``."""
 
   def __init__(self, in_features: int, out_features: int, axes: tuple, *, bias: bool,
-               dtype, param_dtype, rngs: nnx.Rngs):
-    self.kernel = param(rngs, (in_features, out_features), param_dtype, axes)
+               dtype, param_dtype, rngs: nnx.Rngs, kernel_init="normal"):
+    self.kernel = param(rngs, (in_features, out_features), param_dtype, axes, kernel_init)
     self.bias = param(rngs, (out_features,), param_dtype, axes[1:], "zeros") if bias else None
     self.dtype = dtype
 

@@ -4,8 +4,8 @@
     logits_BTV = m(input_ids=ids_BT, pixel_values=pix_NHWC, attention_mask=mask_BT)
     save_pretrained(m, cfg, out_path)                     # transformers layout
 
-Legend: B batch, T tokens, D LLM width, V vocabulary, N frames (all videos, in order of
-appearance), H/W pixels, M visual tokens of the batch.
+Legend: B batch (videos), T tokens, D LLM width, V vocabulary, N frames (all videos, in
+order of appearance), H/W pixels, M visual tokens of the batch, P tokens per frame.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax import llm, sharding
-from vqathinker_jax.model_config import ModelConfig, dtype_name
+from vqathinker_jax import llm, sharding, slowfast
+from vqathinker_jax.model_config import DTYPES, ModelConfig, dtype_name
+from vqathinker_jax.motion import MotionProjector
 from vqathinker_jax.vision import VisionTower
 
 
@@ -26,73 +27,121 @@ def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array)
   flat = is_visual_BT.reshape(-1)
   idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats_MD.shape[0] - 1)
   gathered = jnp.take(feats_MD.astype(x_BTD.dtype), idx, axis=0)
-  return jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
+  merged = jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
+  return sharding.constrain_batch(merged)  # re-assert after the batch-merging reshape, see below
 
 
-def check_inputs(cfg: ModelConfig, input_ids, pixel_values) -> None:
-  """Host-side checks with messages that name the problem; skipped under tracing."""
-  if isinstance(input_ids, jax.core.Tracer) or input_ids is None:
+def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False) -> None:
+  """Checks with messages that name the problem, before anything compiles.
+
+  Shapes are checked always; slot counts only when `input_ids` is concrete.
+  """
+  if input_ids is None:
     return
   if np.ndim(input_ids) != 2:
     raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
-  n_slots = int((np.asarray(input_ids) == cfg.image_token_id).sum())
+  concrete = not isinstance(input_ids, jax.core.Tracer)
+  slots_B = (np.asarray(input_ids) == cfg.image_token_id).sum(1) if concrete else None
   if pixel_values is None:
-    if n_slots:
-      raise ValueError(f"input_ids hold {n_slots} <IMG_CONTEXT> tokens (id {cfg.image_token_id}) "
-                       "but no pixel_values were given")
+    if concrete and slots_B.sum():
+      raise ValueError(f"input_ids hold {slots_B.sum()} <IMG_CONTEXT> tokens (id "
+                       f"{cfg.image_token_id}) but no pixel_values were given")
     return
-  shape = np.shape(pixel_values)
-  if len(shape) != 4 or shape[-1] != 3:
-    raise ValueError(f"pixel_values must be [frames, height, width, 3] (channels last), got {shape}")
+  shape = tuple(np.shape(pixel_values))
+  if len(shape) not in (4, 5) or shape[-1] != 3:
+    raise ValueError("pixel_values must be [frames, height, width, 3] or [videos, frames, "
+                     f"height, width, 3] (channels last), got {shape}")
   if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
     raise ValueError(f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}")
   step = 2 * cfg.vision.patch_size
-  if shape[1] % step or shape[2] % step:
-    raise ValueError(f"frame size {shape[1]}x{shape[2]} must be a multiple of {step} "
+  if shape[-3] % step or shape[-2] % step:
+    raise ValueError(f"frame size {shape[-3]}x{shape[-2]} must be a multiple of {step} "
                      "(patch size x pixel-shuffle factor)")
-  per_frame = (shape[1] // step) * (shape[2] // step)
-  if isinstance(pixel_values, jax.core.Tracer):
-    return
-  if n_slots != shape[0] * per_frame:
+  per_frame = (shape[-3] // step) * (shape[-2] // step)
+  if len(shape) == 5:
+    if shape[0] != np.shape(input_ids)[0]:
+      raise ValueError(f"{shape[0]} videos of frames for {np.shape(input_ids)[0]} sequences")
+    if cfg.motion is not None:
+      slowfast.check_frames(shape, pixel_values.dtype, train, cfg.motion)
+    expect = shape[1] * per_frame + (cfg.motion is not None)
+    if concrete and (slots_B != expect).any():
+      row = int(np.argmax(slots_B != expect))
+      motion = " + 1 motion token" if cfg.motion is not None else ""
+      raise ValueError(f"sequence {row} holds {slots_B[row]} <IMG_CONTEXT> slots, but its "
+                       f"{shape[1]} frames x {per_frame} tokens{motion} = {expect}")
+  elif concrete and slots_B.sum() != shape[0] * per_frame:
     raise ValueError(f"{shape[0]} frames x {per_frame} tokens = {shape[0] * per_frame} visual "
-                     f"tokens, but input_ids hold {n_slots} <IMG_CONTEXT> slots")
+                     f"tokens, but input_ids hold {slots_B.sum()} <IMG_CONTEXT> slots")
 
 
 class InternVL(nnx.Module):
-  """ViT -> pixel shuffle -> mlp1 -> visual tokens merged into the Qwen2 decoder."""
+  """ViT -> pixel shuffle -> mlp1 -> visual tokens merged into the Qwen2 decoder; with
+  `cfg.motion`, VQAThinker's SlowFast motion token after each video's frames."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.vision = VisionTower(cfg, rngs)
     self.llm = llm.Qwen2(cfg.text, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    if cfg.motion is not None:
+      dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+      self.slowfast = slowfast.SlowFast(cfg.motion, dtype=dt, param_dtype=pdt, rngs=rngs)
+      self.motion_mlp = MotionProjector(cfg.motion.feature_dim(), cfg.text.hidden_size,
+                                        dtype=dt, param_dtype=pdt, rngs=rngs)
+    else:
+      self.slowfast = self.motion_mlp = None
     self.cfg = cfg
 
-  def embed(self, input_ids_BT: jax.Array, pixel_values_NHWC: jax.Array | None = None):
+  def visual_tokens(self, pixel_values, train: bool = False) -> jax.Array:
+    """[M, D] in slot order: frame by frame for [N, H, W, 3]; for [B, T, H, W, 3], per
+    video its T frames, then its motion token when the model has the motion branch."""
+    # Every reshape that merges or splits the sharded batch dimension is followed by a
+    # constraint: without it XLA's SPMD partitioner (jax 0.10.2) can permute rows across
+    # devices when matmuls with 2-D-sharded kernels follow (tests/motion_test.py).
+    pix = sharding.constrain_batch(pixel_values)
+    if pix.ndim == 4:
+      feats_NPD = self.vision(pix)
+      return sharding.constrain_batch(feats_NPD.reshape(-1, feats_NPD.shape[-1]))
+    B, T, H, W, C = pix.shape
+    feats_NPD = self.vision(sharding.constrain_batch(pix.reshape(B * T, H, W, C)))
+    feats_BMD = sharding.constrain_batch(feats_NPD.reshape(B, -1, feats_NPD.shape[-1]))
+    if self.motion_mlp is not None:
+      # SlowFast is frozen: no gradient flows into it, motion_mlp trains.
+      motion_BF = jax.lax.stop_gradient(self.slowfast(pix, train=train))
+      motion_BD = self.motion_mlp(motion_BF).astype(feats_BMD.dtype)
+      feats_BMD = jnp.concatenate([feats_BMD, motion_BD[:, None]], axis=1)
+    return sharding.constrain_batch(feats_BMD.reshape(-1, feats_BMD.shape[-1]))
+
+  def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False):
     """Input embeddings [B, T, D] with visual tokens in the `<IMG_CONTEXT>` slots."""
     x_BTD = self.llm.embed_tokens(input_ids_BT)
-    if pixel_values_NHWC is None:
+    if pixel_values is None:
       return x_BTD
-    feats_NPD = self.vision(sharding.constrain_batch(pixel_values_NHWC))
-    feats_MD = feats_NPD.reshape(-1, feats_NPD.shape[-1])
-    return merge_visual(x_BTD, input_ids_BT == self.cfg.image_token_id, feats_MD)
+    return merge_visual(x_BTD, input_ids_BT == self.cfg.image_token_id,
+                        self.visual_tokens(pixel_values, train))
 
-  def forward(self, input_ids_BT, pixel_values_NHWC=None, attention_mask_BT=None):
+  def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):
     input_ids_BT = sharding.constrain_batch(input_ids_BT)
     if attention_mask_BT is None:
       attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
-    x_BTD = self.embed(input_ids_BT, pixel_values_NHWC)
+    x_BTD = self.embed(input_ids_BT, pixel_values, train)
     h_BTD, _ = self.llm(x_BTD, llm.positions_from_mask(attention_mask_BT),
                         llm.causal_mask(attention_mask_BT))
     return sharding.constrain_batch(self.llm.logits(h_BTD))
 
-  def __call__(self, input_ids, pixel_values=None, attention_mask=None) -> jax.Array:
-    """Logits [B, T, V] (float32). Right-padded batches: pass `attention_mask`."""
-    check_inputs(self.cfg, input_ids, pixel_values)
-    return _jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask)
+  def __call__(self, input_ids, pixel_values=None, attention_mask=None, *,
+               train: bool = False) -> jax.Array:
+    """Logits [B, T, V] (float32). Right-padded batches: pass `attention_mask`.
+
+    ``pixel_values``: [N, H, W, 3] frames in order of appearance, or [B, T, H, W, 3]
+    videos (the motion token needs these). ``train`` picks SlowFast's training frame
+    selection (SPEC §1).
+    """
+    check_inputs(self.cfg, input_ids, pixel_values, train)
+    return _jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask, train)
 
 
-@nnx.jit
-def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask):
-  return m.forward(input_ids, pixel_values, attention_mask)
+@nnx.jit(static_argnames="train")
+def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask, train):
+  return m.forward(input_ids, pixel_values, attention_mask, train)
 
 
 def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
@@ -108,16 +157,22 @@ def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
 
 
 def from_pretrained(path, dtype=jnp.float32, *, param_dtype=None, mesh=None,
-                    rules=sharding.DEFAULT_RULES, image_token_id: int | None = None):
+                    rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
+                    slowfast_weights=None, seed: int = 0):
   """Load a local Hugging Face InternVL directory (either layout) onto ``mesh``.
 
   Returns ``(model, cfg)``. ``dtype`` is the compute dtype; parameters are stored in
-  ``param_dtype`` (default: the same).
+  ``param_dtype`` (default: the same). A checkpoint holding `motion_mlp.*` and
+  `slowfast_model.*` tensors (the VQAThinker release, or our export) loads with its
+  motion branch. ``slowfast_weights``: a safetensors file from
+  `tools/convert_slowfast.py` that adds (or replaces) SlowFast; a checkpoint without
+  `motion_mlp` then gets a fresh one, initialised from ``seed``.
   """
   from vqathinker_jax import checkpoint  # local import: keeps model.py importable alone
   return checkpoint.load(path, dtype=dtype_name(dtype),
                          param_dtype=dtype_name(param_dtype or dtype), mesh=mesh, rules=rules,
-                         image_token_id=image_token_id)
+                         image_token_id=image_token_id, slowfast_weights=slowfast_weights,
+                         seed=seed)
 
 
 def save_pretrained(m: InternVL, cfg: ModelConfig, path, **kwargs) -> None:

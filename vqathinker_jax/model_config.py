@@ -6,6 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from vqathinker_jax.slowfast import SlowFastConfig
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -53,6 +55,7 @@ class ModelConfig:
   image_token_id: int = 151667     # <IMG_CONTEXT>
   downsample_ratio: float = 0.5    # pixel shuffle
   vision_feature_layer: int = -1   # index into [embeddings, layer 1, ..., layer L]
+  motion: SlowFastConfig | None = None  # VQAThinker's motion branch (None: plain InternVL3)
   dtype: str = "float32"           # compute dtype
   param_dtype: str = "float32"     # storage dtype of parameters
 

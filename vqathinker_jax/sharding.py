@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # activations: the batch dimension is split over both
+BATCH_AXES = ("fsdp", "data")  # activations: the batch dimension is split over both
 
 # logical axis -> mesh axis (or None: replicated). Matrices pair an `fsdp` axis with a
 # `tensor` axis so that each is split two ways at once.
@@ -109,11 +109,18 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh,
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
-  """Split dim 0 over the batch axes of the mesh in context; a no-op without one."""
+  """Split dim 0 over the batch axes of the mesh in context; a no-op without one.
+
+  The order is `fsdp`-major on purpose: with `data`-major batches, XLA (jax 0.10.2, both
+  Shardy and GSPMD) permutes rows between devices in LayerNorm -> Linear -> GELU ->
+  Linear chains whose kernels put `fsdp` on the output dimension; see
+  tests/sharding_test.py::test_sharded_batch_forward_matches for the guard.
+  """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
   if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
     return x
-  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+  # Other dimensions stay free, so that tensor-parallel activations are not gathered.
+  return jax.lax.with_sharding_constraint(x, P(axes, *([P.UNCONSTRAINED] * (x.ndim - 1))))

@@ -1,0 +1,81 @@
+"""SlowFast-R50 against PyTorchVideo's `create_slowfast` on random weights (SPEC §6)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from ptv_ref import torch_features, torch_slowfast
+from vqathinker_jax import slowfast
+from vqathinker_jax.slowfast import SlowFastConfig
+
+
+def ours_from(m_torch, cfg):
+  ours = slowfast.SlowFast(cfg, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  slowfast.load_state(ours, {k: v.numpy() for k, v in m_torch.state_dict().items()})
+  return ours
+
+
+@pytest.mark.parametrize("frames,size,train,batch", [(6, 448, True, 2), (12, 560, False, 1)])
+def test_parity_with_pytorchvideo(frames, size, train, batch):
+  cfg = SlowFastConfig()
+  rng = np.random.default_rng(frames)
+  x = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32)
+  idx = slowfast.slow_indices(frames, train, cfg)
+  m_torch = torch_slowfast(cfg, torch.from_numpy(x).permute(0, 4, 1, 2, 3), idx)
+  want = torch_features(m_torch, x, idx, cfg.repeat_train if train else cfg.repeat_eval)
+  got = np.asarray(jax.jit(lambda m, v: m(v, train=train))(ours_from(m_torch, cfg), x))
+  assert got.shape == (batch, 2304)
+  assert np.abs(want).max() > 0.1  # a real signal, not vanished activations
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_tiny_variant_parity_and_batch_independence():
+  """Width 8 and 2x2 head pools at 64 px: the config knobs the demo uses."""
+  cfg = SlowFastConfig(width=8, pool_hw=2)
+  x = np.random.default_rng(0).standard_normal((3, 6, 64, 64, 3), dtype=np.float32)
+  idx = slowfast.slow_indices(6, True, cfg)
+  m_torch = torch_slowfast(cfg, torch.from_numpy(x).permute(0, 4, 1, 2, 3), idx)
+  ours = ours_from(m_torch, cfg)
+  got = np.asarray(ours(x, train=True))
+  assert got.shape == (3, cfg.feature_dim()) == (3, 288)
+  # 2x2 pools average 4 positions instead of 64: rounding differences show more.
+  np.testing.assert_allclose(got, torch_features(m_torch, x, idx, 6), atol=1e-4, rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(ours(x[1:2], train=True)), got[1:2], atol=1e-5)
+
+
+@pytest.mark.parametrize("frames,train,want", [
+    (6, True, [0, 5]), (12, False, [0, 5, 11]), (12, True, [0, 3, 7, 11]), (16, False, [0, 5, 10, 15])])
+def test_slow_indices_follow_spec(frames, train, want):
+  assert slowfast.slow_indices(frames, train, SlowFastConfig()).tolist() == want
+
+
+@pytest.mark.parametrize("shape,dtype,train,match", [
+    ((1, 2, 224, 224, 3), np.float32, True, "too few"),      # T // 3 = 0 slow frames
+    ((1, 12, 224, 224, 3), np.float32, True, "agree"),       # 4 slow frames, fusion gives 3
+    ((1, 6, 224, 224, 4), np.float32, True, "height, width, 3"),
+    ((1, 6, 224, 224, 3), np.uint8, True, "floats"),
+    ((1, 6, 128, 128, 3), np.float32, True, "too small"),
+    ((1, 4, 224, 224, 3), np.float32, False, "too few"),     # 1 slow x4 = 4 < 8
+])
+def test_bad_frames_are_named(shape, dtype, train, match):
+  with pytest.raises(ValueError, match=match):
+    slowfast.check_frames(shape, np.dtype(dtype), train, SlowFastConfig())
+
+
+def test_infer_config_reads_width_and_depth():
+  shapes = dict(_torch_shapes(SlowFastConfig(width=16)).values())
+  cfg = slowfast.infer_config(shapes, repeat_eval=8)
+  assert (cfg.width, cfg.depth, cfg.repeat_eval) == (16, 50, 8)
+  assert slowfast.infer_config({}) == SlowFastConfig()
+
+
+def _torch_shapes(cfg):
+  m = nnx.eval_shape(lambda: slowfast.SlowFast(cfg, dtype=jnp.float32, param_dtype=jnp.float32,
+                                               rngs=nnx.Rngs(0)))
+  flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m))}
+  torch_layout = lambda s: (s[4], s[3], s[0], s[1], s[2]) if len(s) == 5 else s
+  return {ours: (key, torch_layout(flat[ours].shape))
+          for ours, (key, _) in slowfast.torch_names(cfg).items()}
