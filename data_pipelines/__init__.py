@@ -1,0 +1,1 @@
+"""Data pipelines: PyAV decoding, TFDS/ArrayRecord builders, Grain streaming, synthetic set."""
