@@ -110,13 +110,28 @@ class InternVL(nnx.Module):
       feats_BMD = jnp.concatenate([feats_BMD, motion_BD[:, None]], axis=1)
     return sharding.constrain_batch(feats_BMD.reshape(-1, feats_BMD.shape[-1]))
 
-  def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False):
-    """Input embeddings [B, T, D] with visual tokens in the `<IMG_CONTEXT>` slots."""
+  def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False,
+            slots_BT: jax.Array | None = None):
+    """Input embeddings [B, T, D] with visual tokens in the `<IMG_CONTEXT>` slots.
+
+    ``slots_BT`` restricts the slots (e.g. to the prompt: a sampled completion may hold
+    the `<IMG_CONTEXT>` id as an ordinary token).
+    """
     x_BTD = self.llm.embed_tokens(input_ids_BT)
     if pixel_values is None:
       return x_BTD
-    return merge_visual(x_BTD, input_ids_BT == self.cfg.image_token_id,
-                        self.visual_tokens(pixel_values, train))
+    is_visual_BT = input_ids_BT == self.cfg.image_token_id
+    if slots_BT is not None:
+      is_visual_BT = is_visual_BT & slots_BT.astype(bool)
+    return merge_visual(x_BTD, is_visual_BT, self.visual_tokens(pixel_values, train))
+
+  def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
+                    train: bool = False, slots_BT=None) -> jax.Array:
+    """Final-normed decoder states [B, T, D] for explicit positions and a [B, T, T]
+    attention mask (packed, block-masked sequences); the LM head is left to the caller."""
+    x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT)
+    h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS)
+    return sharding.constrain_batch(h_BTD)
 
   def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):
     input_ids_BT = sharding.constrain_batch(input_ids_BT)

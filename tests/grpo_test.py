@@ -1,0 +1,165 @@
+"""GRPO update: packed log-probs equal unpacked ones (values and gradients), the loss equals
+a numpy restatement of each `loss_type`, and the jitted step's invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from hf_tiny import IMAGE_TOKEN, TINY, VOCAB, video_batch
+from vqathinker_jax import grpo, llm, model, sharding
+from vqathinker_jax.grpo import GRPOConfig
+
+G, C = 3, 5
+
+
+def rollout_batch(seed=0, videos=2, frames=2):
+  """Right-padded video prompts with random completions (one holds the <IMG_CONTEXT> id
+  as an ordinary token), masks ending at random lengths."""
+  ids, pix, mask = video_batch(seed=seed, videos=videos, frames=frames, size=56, motion=False)
+  rng = np.random.default_rng(seed)
+  comp = rng.integers(0, IMAGE_TOKEN, (videos, G, C))
+  comp[0, 1, 2] = IMAGE_TOKEN
+  lengths = rng.integers(1, C + 1, (videos, G))
+  cmask = (np.arange(C)[None, None] < lengths[..., None]).astype(np.int32)
+  adv = rng.standard_normal((videos, G)).astype(np.float32)
+  return dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask), pixel_values=jnp.asarray(pix),
+              completions=jnp.asarray(comp), completion_mask=jnp.asarray(cmask),
+              advantages=jnp.asarray(adv))
+
+
+def unpacked_logprobs(m, batch):
+  """[B, G, C]: each (video, completion) as its own causal sequence `prompt[:len] + c`."""
+  plens = np.asarray(batch["prompt_mask"]).sum(1)
+  rows = []
+  for b, plen in enumerate(plens):
+    for g in range(G):
+      ids = jnp.concatenate([batch["prompt_ids"][b, :plen], batch["completions"][b, g]])[None]
+      ones = jnp.ones_like(ids)
+      h = m.hidden_states(ids, batch["pixel_values"][b:b + 1], llm.positions_from_mask(ones),
+                          llm.causal_mask(ones), slots_BT=jnp.arange(ids.shape[1])[None] < plen)
+      logp = jax.nn.log_softmax(m.llm.logits(h)[0, plen - 1:plen - 1 + C])
+      rows.append(jnp.take_along_axis(logp, batch["completions"][b, g][:, None], 1)[:, 0])
+  return jnp.stack(rows).reshape(batch["completions"].shape)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return model.init(TINY, seed=0, mesh=sharding.single_device_mesh())
+
+
+def test_packed_logprobs_and_gradients_equal_unpacked(tiny):
+  batch = rollout_batch()
+  logp, ent = nnx.jit(lambda m, b: grpo.token_logprobs(
+      m, b["prompt_ids"], b["prompt_mask"], b["pixel_values"], b["completions"], chunk=4))(tiny, batch)
+  want = np.asarray(unpacked_logprobs(tiny, batch))
+  np.testing.assert_allclose(np.asarray(logp), want, atol=2e-5)
+  assert np.all(np.asarray(ent) > 0)
+
+  w = jnp.asarray(np.random.default_rng(1).standard_normal(batch["completions"].shape), jnp.float32)
+  def packed(m):
+    lp, _ = grpo.token_logprobs(m, batch["prompt_ids"], batch["prompt_mask"],
+                                batch["pixel_values"], batch["completions"], chunk=4)
+    return (lp * w).sum()
+  unpacked = lambda m: (unpacked_logprobs(m, batch) * w).sum()
+  g1 = nnx.state(nnx.jit(nnx.grad(packed))(tiny))
+  g2 = nnx.state(nnx.jit(nnx.grad(unpacked))(tiny))
+  for (path, a), (_, b) in zip(nnx.to_flat_state(g1), nnx.to_flat_state(g2)):
+    a, b = np.asarray(a[...]), np.asarray(b[...])
+    np.testing.assert_allclose(a, b, atol=1e-5 + 1e-4 * np.abs(b).max(), err_msg=str(path))
+
+
+def numpy_loss(logp, old, ref, adv, mask, cfg, num_micro=1):
+  """SPEC §4 / TRL restated in numpy for one micro-batch."""
+  ratio = np.exp(logp - old)
+  a = adv[..., None]
+  tok = -np.minimum(ratio * a, np.clip(ratio, 1 - cfg.epsilon, 1 + cfg.eps_high) * a)
+  d = ref - logp
+  kl = {"k1": -d, "k2": 0.5 * d ** 2, "k3": np.exp(d) - d - 1}[cfg.kl_estimator]
+  tok = tok + cfg.beta * kl
+  m = mask.astype(np.float64)
+  if cfg.loss_type == "grpo":
+    return np.mean((tok * m).sum(-1) / np.maximum(m.sum(-1), 1)) / num_micro
+  if cfg.loss_type == "bnpo":
+    return (tok * m).sum() / max(m.sum(), 1) / num_micro
+  if cfg.loss_type == "dr_grpo":
+    return (tok * m).sum() / (tok.shape[0] * tok.shape[1] * cfg.max_completion_length) / num_micro
+  return (tok * m).sum() / max(m.sum(), 1)
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+@pytest.mark.parametrize("kl", grpo.KL_ESTIMATORS)
+def test_loss_matches_numpy(loss_type, kl):
+  cfg = GRPOConfig(loss_type=loss_type, kl_estimator=kl, beta=0.1, epsilon=0.2, epsilon_high=0.28,
+                   max_completion_length=9)
+  rng = np.random.default_rng(hash((loss_type, kl)) % 2**32)
+  shape = (3, 4, 9)
+  logp = rng.normal(-2, 1, shape).astype(np.float32)
+  old = (logp + rng.normal(0, 0.3, shape)).astype(np.float32)
+  ref = (logp + rng.normal(0, 0.3, shape)).astype(np.float32)
+  adv = rng.standard_normal(shape[:2]).astype(np.float32)
+  mask = rng.random(shape) < 0.7
+  tok, *_ = grpo.per_token_loss(logp, old, ref, adv, cfg)
+  got = float(grpo.reduce_loss(tok, mask, cfg, num_items=mask.sum()))
+  want = numpy_loss(logp.astype(np.float64), old, ref, adv, mask, cfg)
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+  # d loss / d logp against central finite differences.
+  f = lambda lp: grpo.reduce_loss(grpo.per_token_loss(lp, old, ref, adv, cfg)[0], mask, cfg,
+                                  num_items=mask.sum())
+  grad = np.asarray(jax.grad(f)(jnp.asarray(logp, jnp.float32)))
+  for idx in [(0, 0, 0), (1, 2, 3), (2, 3, 8), tuple(np.argwhere(mask)[5])]:
+    e = np.zeros(shape, np.float64)
+    e[idx] = 1e-4
+    fd = (numpy_loss(logp + e, old, ref, adv, mask, cfg) - numpy_loss(logp - e, old, ref, adv, mask, cfg)) / 2e-4
+    assert grad[idx] == pytest.approx(fd, rel=2e-3, abs=1e-5), idx
+
+
+def test_zero_advantages_without_kl_leave_params_unchanged(tiny):
+  cfg = GRPOConfig(num_generations=G, beta=0.0, max_completion_length=C, logprob_chunk=4)
+  tx = grpo.make_optimizer(1e-2)
+  graphdef, state = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  before = jax.tree.map(np.asarray, state.params)
+  batch = dict(rollout_batch(), advantages=jnp.zeros((2, G)))
+  state, metrics = grpo.make_update_step(graphdef, state, tx, cfg)(state, batch)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+  assert float(metrics["loss"]) == 0.0 and int(state.step) == 1
+
+
+def test_step_updates_skips_non_finite_and_compiles_once(tiny):
+  cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=4,
+                   micro_batch_size=1, num_iterations=2)
+  tx = grpo.make_optimizer(1e-3)
+  graphdef, state = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  step = grpo.make_update_step(graphdef, state, tx, cfg)
+  batch = jax.device_put(rollout_batch(seed=2))
+  before = jax.tree.map(np.asarray, state.params)
+  state, metrics = step(state, batch)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), state.params, before)
+  assert all(jax.tree.leaves(changed))
+  assert int(metrics["skipped"]) == 0 and float(metrics["kl"]) > 0  # 2nd iteration moved away
+  # A NaN advantage: the state is kept, the skip counted; same shapes -> no recompilation.
+  kept = jax.tree.map(np.asarray, state.params)
+  bad = dict(batch, advantages=batch["advantages"].at[0, 0].set(jnp.nan))
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, bad)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), kept)
+  assert int(state.skipped) == cfg.num_iterations and step._cache_size() == 1
+
+
+def test_sharded_update_equals_single_device(tiny):
+  cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=8)
+  tx = grpo.make_optimizer(1e-3)
+  batch = rollout_batch(seed=3, videos=4)
+  graphdef, s1 = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  s1, m1 = grpo.make_update_step(graphdef, s1, tx, cfg)(s1, batch)
+  mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
+  sharded = model.init(TINY, seed=0, mesh=mesh)
+  graphdef, s8 = grpo.init_state(sharded, tx, cfg)
+  with jax.set_mesh(mesh):
+    s8, m8 = grpo.make_update_step(graphdef, s8, tx, cfg)(s8, batch)
+  assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -1,0 +1,290 @@
+"""GRPO policy update (SPEC §4): packed group log-probs, the loss with TRL's normalisers,
+and one functional, jitted update step.
+
+Each video's prompt and its G completions are packed as `[prompt | c1 | ... | cG]` with a
+block mask (a completion sees the prompt and, causally, itself), so the ViT, SlowFast and
+the prompt run once per group: P + G·C tokens per pass instead of G·(P + C).
+
+Legend: B videos, G completions per video, P prompt tokens, C completion tokens,
+L = P + G·C packed tokens, D width, K tokens per LM-head chunk, N = B·G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """The update's knobs; names follow TRL's `GRPOConfig` where the meaning is the same."""
+  num_generations: int = 4          # G completions per video
+  beta: float = 0.04                # KL weight; 0 skips the reference model entirely
+  kl_estimator: str = "k3"          # k3 = exp(ref - logp) - (ref - logp) - 1 (SPEC); k1, k2
+  epsilon: float = 0.2              # ratio clip, lower side: 1 - epsilon
+  epsilon_high: float | None = None # upper side: 1 + epsilon_high (None: epsilon)
+  loss_type: str = "grpo"           # grpo | bnpo | dapo | dr_grpo (TRL's normalisers)
+  num_iterations: int = 1           # policy updates per rollout batch (old log-probs kept)
+  max_completion_length: int = 2048 # C; dr_grpo divides by it
+  temperature: float = 1.0          # log-probs are of the sampling distribution
+  logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
+  micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
+  logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
+
+  def __post_init__(self):
+    if self.loss_type not in LOSS_TYPES:
+      raise ValueError(f"loss_type {self.loss_type!r} not in {LOSS_TYPES}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator {self.kl_estimator!r} not in {KL_ESTIMATORS}")
+    if self.num_generations < 2:
+      raise ValueError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")
+    if self.num_iterations < 1:
+      raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+
+  @property
+  def eps_high(self) -> float:
+    return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+# ------------------------------------------------------------------------- packing ---
+
+def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC):
+  """`[prompt | c1 | ... | cG]` per video: ids [B, L], positions [B, L], block mask
+  [B, L, L], prompt slots [B, L] (where visual tokens may go), and for each completion
+  token the packed index whose hidden state predicts it, src [B, G, C]."""
+  B, P = prompt_ids_BP.shape
+  _, G, C = completions_BGC.shape
+  L = P + G * C
+  plen_B = prompt_mask_BP.astype(jnp.int32).sum(1)
+  ids_BL = jnp.concatenate([prompt_ids_BP, completions_BGC.reshape(B, G * C)], axis=1)
+  seg_L = jnp.concatenate([jnp.full((P,), -1), jnp.repeat(jnp.arange(G), C)])
+  offset_L = jnp.concatenate([jnp.arange(P), jnp.tile(jnp.arange(C), G)])
+  is_prompt_L = seg_L < 0
+  pos_BL = jnp.where(is_prompt_L, jnp.minimum(offset_L, plen_B[:, None] - 1),
+                     plen_B[:, None] + offset_L)
+  key_valid_BL = jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G * C), bool)], 1)
+  i, j = jnp.arange(L)[:, None], jnp.arange(L)[None, :]
+  causal_in_segment = (seg_L[:, None] == seg_L[None, :]) & (j <= i)
+  completion_sees_prompt = ~is_prompt_L[:, None] & is_prompt_L[None, :]
+  mask_BLL = ((causal_in_segment | completion_sees_prompt)[None] & key_valid_BL[:, None, :]) \
+      | (i == j)[None]  # padding rows see themselves: no all-masked softmax
+  c_idx = P + jnp.arange(G)[:, None] * C + jnp.arange(C)[None, :]  # [G, C]
+  src_BGC = jnp.where(jnp.arange(C)[None, None, :] == 0, plen_B[:, None, None] - 1,
+                      (c_idx - 1)[None])
+  slots_BL = jnp.broadcast_to(is_prompt_L[None], (B, L))
+  return dict(ids=ids_BL, positions=pos_BL, mask=mask_BLL, slots=slots_BL, src=src_BGC)
+
+
+def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completions_BGC, *,
+                   temperature: float = 1.0, chunk: int = 256, train: bool = True):
+  """Log-probs [B, G, C] of the completion tokens and the entropies of their predictive
+  distributions, from one packed pass; the LM head runs K tokens at a time (rematerialised
+  in the backward pass) so [B, G·C, V] logits never exist at once."""
+  B, G, C = completions_BGC.shape
+  packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC)
+  h_BLD = model.hidden_states(packed["ids"], pixel_values, packed["positions"], packed["mask"],
+                              train=train, slots_BT=packed["slots"])
+  h_BMD = jnp.take_along_axis(h_BLD, packed["src"].reshape(B, G * C, 1), axis=1)
+  tgt_BM = completions_BGC.reshape(B, G * C)
+  M = G * C
+  K = min(chunk, M)
+  n = -(-M // K)
+  h_nBKD = jnp.pad(h_BMD, ((0, 0), (0, n * K - M), (0, 0))).reshape(B, n, K, -1).swapaxes(0, 1)
+  tgt_nBK = jnp.pad(tgt_BM, ((0, 0), (0, n * K - M))).reshape(B, n, K).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(h_BKD, tgt_BK):
+    logp_BKV = jax.nn.log_softmax(model.llm.logits(h_BKD) / temperature, axis=-1)
+    logp_BK = jnp.take_along_axis(logp_BKV, tgt_BK[..., None], axis=-1)[..., 0]
+    entropy_BK = -(jnp.exp(logp_BKV) * logp_BKV).sum(-1)
+    return logp_BK, entropy_BK
+
+  _, (logp_nBK, ent_nBK) = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (h_nBKD, tgt_nBK))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(B, n * K)[:, :M].reshape(B, G, C)
+  return unchunk(logp_nBK), unchunk(ent_nBK)
+
+
+# ---------------------------------------------------------------------------- loss ---
+
+def kl_divergence(logp, ref_logp, estimator: str = "k3"):
+  """Per-token KL(policy || reference) estimate from log-probs of the sampled tokens."""
+  d = ref_logp - logp
+  if estimator == "k1":
+    return -d
+  if estimator == "k2":
+    return 0.5 * d * d
+  return jnp.exp(d) - d - 1.0
+
+
+def per_token_loss(logp_BGC, old_logp_BGC, ref_logp_BGC, adv_BG, cfg: GRPOConfig):
+  """`-min(r·A, clip(r)·A) + β·KL` per token, and the clip indicators."""
+  ratio = jnp.exp(logp_BGC - old_logp_BGC)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon, 1.0 + cfg.eps_high)
+  a = adv_BG[..., None]
+  loss = -jnp.minimum(ratio * a, clipped * a)
+  kl = jnp.zeros_like(loss)
+  if cfg.beta:
+    kl = kl_divergence(logp_BGC, ref_logp_BGC, cfg.kl_estimator)
+    loss = loss + cfg.beta * kl
+  low = (ratio < 1.0 - cfg.epsilon) & (a < 0)
+  high = (ratio > 1.0 + cfg.eps_high) & (a > 0)
+  return loss, kl, low, high
+
+
+def reduce_loss(loss_BGC, mask_BGC, cfg: GRPOConfig, num_items=None, num_micro: int = 1):
+  """TRL's normalisers for one micro-batch of ``num_micro``: grpo = mean over sequences of
+  the token mean; bnpo = token mean over the micro-batch; dr_grpo = sum / (N·C_max);
+  dapo = sum / ``num_items`` (completion tokens in the whole global batch)."""
+  m = mask_BGC.astype(loss_BGC.dtype)
+  total = (loss_BGC * m).sum()
+  if cfg.loss_type == "grpo":
+    per_seq = (loss_BGC * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
+    return per_seq.mean() / num_micro
+  if cfg.loss_type == "bnpo":
+    return total / jnp.maximum(m.sum(), 1.0) / num_micro
+  if cfg.loss_type == "dr_grpo":
+    return total / (loss_BGC.shape[0] * loss_BGC.shape[1] * cfg.max_completion_length) / num_micro
+  return total / jnp.maximum(num_items, 1.0)
+
+
+# ---------------------------------------------------------------------------- step ---
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any                # nnx.State of the trainable nnx.Param leaves
+  rest: Any                  # every other variable (frozen SlowFast weights, ...)
+  opt_state: Any
+  ref_params: Any            # the frozen initial policy's params (None when beta == 0)
+  skipped: jax.Array         # updates skipped for a non-finite loss or gradient
+
+
+def init_state(model, tx: optax.GradientTransformation, cfg: GRPOConfig):
+  """(graphdef, TrainState) from a model; the reference is a copy of its params."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  ref = jax.tree.map(jnp.copy, params) if cfg.beta else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                     opt_state=tx.init(params), ref_params=ref, skipped=jnp.zeros((), jnp.int32))
+  # Counters and optimiser scalars go on the parameters' mesh too: one layout for the
+  # whole state, so the jitted step's outputs match its inputs and never recompile.
+  mesh = jax.tree.leaves(params)[0].sharding.mesh
+  on_mesh = lambda x: (x if isinstance(x.sharding, jax.sharding.NamedSharding) else
+                       jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+  return graphdef, jax.tree.map(on_mesh, state)
+
+
+def _micro(x, n):
+  """[B, ...] -> [n, B/n, ...]."""
+  return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+
+def _logprobs_no_grad(graphdef, params, rest, batch, cfg, n_micro):
+  """Log-probs of a frozen copy (old policy or reference) in micro-batches."""
+  def one(mb):
+    m = nnx.merge(graphdef, params, rest)
+    logp, _ = token_logprobs(m, mb["prompt_ids"], mb["prompt_mask"], mb["pixel_values"],
+                             mb["completions"], temperature=cfg.temperature,
+                             chunk=cfg.logprob_chunk)
+    return jax.lax.stop_gradient(logp)
+  keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions")
+  mbs = {k: _micro(batch[k], n_micro) for k in keys}
+  out = jax.lax.map(one, mbs)
+  return out.reshape(-1, *out.shape[2:])
+
+
+def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransformation,
+           cfg: GRPOConfig):
+  """`num_iterations` policy updates on one batch of scored rollouts -> (state, metrics).
+
+  batch: prompt_ids [B, P], prompt_mask [B, P], pixel_values (frames of the B videos),
+  completions [B, G, C], completion_mask [B, G, C] (through the first EOS), advantages
+  [B, G], and optionally old_logp [B, G, C] (the sampler's log-probs; default: this
+  policy's, i.e. ratio 1 on the first iteration).
+  """
+  B = batch["prompt_ids"].shape[0]
+  mb = cfg.micro_batch_size or B
+  lmb = cfg.logprob_micro_batch_size or B
+  if B % mb or B % lmb:
+    raise ValueError(f"batch of {B} videos is not divisible by micro-batch sizes {mb}, {lmb}")
+  n_micro, n_lp = B // mb, B // lmb
+  mask = batch["completion_mask"]
+  num_items = mask.astype(jnp.float32).sum()
+  old_logp = batch.get("old_logp")
+  if old_logp is None:
+    old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
+  ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
+              if cfg.beta else jnp.zeros_like(old_logp))
+  data = dict(batch, old_logp=old_logp, ref_logp=ref_logp)
+  keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions", "completion_mask",
+          "advantages", "old_logp", "ref_logp")
+
+  def micro_loss(params, mbatch):
+    m = nnx.merge(graphdef, params, state.rest)
+    logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
+                               mbatch["pixel_values"], mbatch["completions"],
+                               temperature=cfg.temperature, chunk=cfg.logprob_chunk)
+    tok, kl, low, high = per_token_loss(logp, mbatch["old_logp"], mbatch["ref_logp"],
+                                        mbatch["advantages"], cfg)
+    cm = mbatch["completion_mask"].astype(jnp.float32)
+    loss = reduce_loss(tok, cm, cfg, num_items, n_micro)
+    sums = dict(kl=(kl * cm).sum(), clip_low=(low * cm).sum(), clip_high=(high * cm).sum(),
+                entropy=(ent * cm).sum())
+    return loss, sums
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def one_iteration(carry, _):
+    params, opt_state = carry
+    def accumulate(acc, mbatch):
+      (loss, sums), g = grad_fn(params, mbatch)
+      return jax.tree.map(jnp.add, acc, (loss, sums, g)), None
+    zero = (jnp.zeros(()), dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0),
+            jax.tree.map(jnp.zeros_like, params))
+    zero = jax.tree.map(jnp.asarray, zero)
+    (loss, sums, grads), _ = jax.lax.scan(accumulate, zero,
+                                          {k: _micro(data[k], n_micro) for k in keys})
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    out = dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32),
+               **{k: v / jnp.maximum(num_items, 1.0) for k, v in sums.items()})
+    return (keep(new_params, params), keep(new_opt, opt_state)), out
+
+  (params, opt_state), per_iter = jax.lax.scan(one_iteration, (state.params, state.opt_state),
+                                               None, length=cfg.num_iterations)
+  metrics = jax.tree.map(lambda x: x[-1], per_iter)
+  metrics["skipped"] = per_iter["skipped"].sum()
+  lengths = mask.astype(jnp.float32).sum(-1)
+  metrics.update(completion_length=lengths.mean(), completion_length_min=lengths.min(),
+                 completion_length_max=lengths.max(), tokens=num_items)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            skipped=state.skipped + metrics["skipped"])
+  return new_state, metrics
+
+
+def make_optimizer(cfg_lr: float | optax.Schedule, *, max_grad_norm: float = 1.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """SPEC §4's AdamW with global-norm clipping (0: none)."""
+  parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  return optax.chain(*parts, optax.adamw(cfg_lr, b1=b1, b2=b2, eps=eps,
+                                         weight_decay=weight_decay))
+
+
+def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
+  """The jitted `step(state, batch) -> (state, metrics)`. The new state keeps the layout
+  of ``state`` (parameters stay sharded as created, and the next call does not recompile)
+  and reuses its buffers (donated)."""
+  layout = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(lambda state, batch: update(graphdef, state, batch, tx, cfg),
+                 out_shardings=(layout, None), donate_argnums=0)
