@@ -45,6 +45,12 @@ def unpacked_logprobs(m, batch):
   return jnp.stack(rows).reshape(batch["completions"].shape)
 
 
+def fresh(m):
+  """A copy with its own buffers: the jitted steps donate the state's."""
+  graphdef, state = nnx.split(m)
+  return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
 @pytest.fixture(scope="module")
 def tiny():
   return model.init(TINY, seed=0, mesh=sharding.single_device_mesh())
@@ -120,7 +126,7 @@ def test_loss_matches_numpy(loss_type, kl):
 def test_zero_advantages_without_kl_leave_params_unchanged(tiny):
   cfg = GRPOConfig(num_generations=G, beta=0.0, max_completion_length=C, logprob_chunk=4)
   tx = grpo.make_optimizer(1e-2)
-  graphdef, state = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
   before = jax.tree.map(np.asarray, state.params)
   batch = dict(rollout_batch(), advantages=jnp.zeros((2, G)))
   state, metrics = grpo.make_update_step(graphdef, state, tx, cfg)(state, batch)
@@ -132,7 +138,7 @@ def test_step_updates_skips_non_finite_and_compiles_once(tiny):
   cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=4,
                    micro_batch_size=1, num_iterations=2)
   tx = grpo.make_optimizer(1e-3)
-  graphdef, state = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
   step = grpo.make_update_step(graphdef, state, tx, cfg)
   batch = jax.device_put(rollout_batch(seed=2))
   before = jax.tree.map(np.asarray, state.params)
@@ -153,7 +159,7 @@ def test_sharded_update_equals_single_device(tiny):
   cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=8)
   tx = grpo.make_optimizer(1e-3)
   batch = rollout_batch(seed=3, videos=4)
-  graphdef, s1 = grpo.init_state(nnx.clone(tiny), tx, cfg)
+  graphdef, s1 = grpo.init_state(fresh(tiny), tx, cfg)
   s1, m1 = grpo.make_update_step(graphdef, s1, tx, cfg)(s1, batch)
   mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
   sharded = model.init(TINY, seed=0, mesh=mesh)
@@ -163,3 +169,83 @@ def test_sharded_update_equals_single_device(tiny):
   assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
   for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+# ------------------------------------------------------------- the whole GRPO step ---
+
+from vqathinker_jax import rewards  # noqa: E402
+
+STOP = 3  # tiny vocabulary: a made-up end-of-turn id
+
+
+def step_batch(seed=0, videos=2, frames=2, copies=G):
+  b = rollout_batch(seed, videos, frames)
+  rng = np.random.default_rng(seed)
+  idx = np.stack([np.stack([rng.permutation(frames) for _ in range(copies)]) for _ in range(videos)])
+  return dict(prompt_ids=b["prompt_ids"], prompt_mask=b["prompt_mask"],
+              pixel_values=b["pixel_values"], labels=jnp.asarray(rng.uniform(1, 5, videos), jnp.float32),
+              perturb_idx=jnp.asarray(idx, jnp.int32), blank=jnp.zeros(idx.shape, bool))
+
+
+def byte_rewards():
+  # Token i reads as 4 ASCII bytes: random ids become random text, some digits and tags.
+  pieces = ["<think>", "</think>", "<answer>", "</answer>", "3.25", "4", " ", "\n"]
+  table = rewards.table_from_bytes(
+      [pieces[i].encode() if i < len(pieces) else bytes([32 + i % 95] * 4) for i in range(VOCAB)])
+  return grpo.vqathinker_rewards(table, rewards.RewardConfig())
+
+
+def test_whole_step_is_one_program_without_host_transfers(tiny):
+  cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
+  tx = grpo.make_optimizer(1e-3)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  step = grpo.make_train_step(graphdef, state, tx, cfg, byte_rewards())
+  batch = jax.device_put(step_batch())
+  k0, k1 = jax.random.split(jax.random.key(0))
+  state, metrics = step(state, batch, k0)
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, batch, k1)
+  assert step._cache_size() == 1 and int(state.step) == 2
+  for k in ("loss", "reward/total", "reward/format", "parse_fail_rate", "kl", "entropy",
+            "clipped_ratio", "frac_reward_zero_std", "grad_norm", "completion_length"):
+    assert np.isfinite(float(metrics[k])), k
+
+
+def test_sharded_step_equals_single_device(tiny):
+  cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
+  # Adam turns a near-zero gradient's rounding into a sizeable step (m / sqrt(v)): a small
+  # learning rate keeps that below the tolerance.
+  tx = grpo.make_optimizer(1e-4)
+  batch, key = step_batch(seed=4, videos=4), jax.random.key(1)
+  graphdef, s1 = grpo.init_state(fresh(tiny), tx, cfg)
+  s1, m1 = grpo.make_train_step(graphdef, s1, tx, cfg, byte_rewards())(s1, batch, key)
+  mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
+  graphdef, s8 = grpo.init_state(model.init(TINY, seed=0, mesh=mesh), tx, cfg)
+  with jax.set_mesh(mesh):
+    s8, m8 = grpo.make_train_step(graphdef, s8, tx, cfg, byte_rewards())(s8, batch, key)
+  assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
+  assert float(m8["reward/total"]) == pytest.approx(float(m1["reward/total"]), abs=1e-6)
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_mean_reward_rises_on_a_toy_task(tiny):
+  """Reward = share of completion tokens below 64 (1/8 for the random start)."""
+  G4 = 4
+  def toy_reward(tokens_NC, mask_NC, labels_B, perturbed):
+    m = mask_NC.astype(jnp.float32)
+    total = ((tokens_NC < 64) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    return dict(total=total, advantage=rewards.group_advantages(total, G4, 1e-4))
+  cfg = GRPOConfig(num_generations=G4, beta=0.0, max_completion_length=6, logprob_chunk=32,
+                   stop_ids=(STOP,), temporal=False, top_k=0)
+  tx = grpo.make_optimizer(3e-3)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  step = grpo.make_train_step(graphdef, state, tx, cfg, toy_reward)
+  batch = jax.device_put(step_batch(seed=5, videos=4, frames=1))
+  curve, timed = [], grpo.TimedStep(step)
+  for key in jax.random.split(jax.random.key(2), 150):
+    state, metrics = timed(state, batch, key)
+    curve.append(float(metrics["reward/total"]))
+  assert metrics["compilations"] == 1 and metrics["tokens_per_s"] > 0
+  start, end = np.mean(curve[:10]), np.mean(curve[-10:])
+  assert start < 0.25 and end > start + 0.3, (start, end)

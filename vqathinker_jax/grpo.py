@@ -12,12 +12,16 @@ L = P + G·C packed tokens, D width, K tokens per LM-head chunk, N = B·G.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+
+from data_pipelines import perturb
+from vqathinker_jax import rewards as rewards_lib, rollout
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -34,7 +38,11 @@ class GRPOConfig:
   loss_type: str = "grpo"           # grpo | bnpo | dapo | dr_grpo (TRL's normalisers)
   num_iterations: int = 1           # policy updates per rollout batch (old log-probs kept)
   max_completion_length: int = 2048 # C; dr_grpo divides by it
-  temperature: float = 1.0          # log-probs are of the sampling distribution
+  temperature: float = 1.0          # sampling temperature; log-probs are of this distribution
+  top_k: int = 50                   # sampling: keep the k likeliest tokens (0: all)
+  top_p: float = 1.0                # sampling: nucleus mass (1: all)
+  stop_ids: tuple = (151645, 151643)  # <|im_end|>, <|endoftext|>
+  temporal: bool = True             # also roll out G perturbed copies per video (SPEC §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
   micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
   logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
@@ -168,7 +176,8 @@ class TrainState:
 
 
 def init_state(model, tx: optax.GradientTransformation, cfg: GRPOConfig):
-  """(graphdef, TrainState) from a model; the reference is a copy of its params."""
+  """(graphdef, TrainState) from a model; the reference is a copy of its params. The state
+  holds the model's own arrays and the jitted steps donate it: the model object is spent."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   ref = jax.tree.map(jnp.copy, params) if cfg.beta else None
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
@@ -217,11 +226,15 @@ def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransform
   n_micro, n_lp = B // mb, B // lmb
   mask = batch["completion_mask"]
   num_items = mask.astype(jnp.float32).sum()
+  # Named scopes split the step's time by phase in an XLA profile (one program, no host
+  # clock inside it).
   old_logp = batch.get("old_logp")
   if old_logp is None:
-    old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
-  ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
-              if cfg.beta else jnp.zeros_like(old_logp))
+    with jax.named_scope("old_logprobs"):
+      old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
+  with jax.named_scope("reference"):
+    ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
+                if cfg.beta else jnp.zeros_like(old_logp))
   data = dict(batch, old_logp=old_logp, ref_logp=ref_logp)
   keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions", "completion_mask",
           "advantages", "old_logp", "ref_logp")
@@ -260,8 +273,9 @@ def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransform
                **{k: v / jnp.maximum(num_items, 1.0) for k, v in sums.items()})
     return (keep(new_params, params), keep(new_opt, opt_state)), out
 
-  (params, opt_state), per_iter = jax.lax.scan(one_iteration, (state.params, state.opt_state),
-                                               None, length=cfg.num_iterations)
+  with jax.named_scope("update"):
+    (params, opt_state), per_iter = jax.lax.scan(
+        one_iteration, (state.params, state.opt_state), None, length=cfg.num_iterations)
   metrics = jax.tree.map(lambda x: x[-1], per_iter)
   metrics["skipped"] = per_iter["skipped"].sum()
   lengths = mask.astype(jnp.float32).sum(-1)
@@ -288,3 +302,92 @@ def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
   layout = jax.tree.map(lambda x: x.sharding, state)
   return jax.jit(lambda state, batch: update(graphdef, state, batch, tx, cfg),
                  out_shardings=(layout, None), donate_argnums=0)
+
+
+# -------------------------------------------------------------- rollout -> update ---
+
+def vqathinker_rewards(table: rewards_lib.ByteTable, cfg: rewards_lib.RewardConfig,
+                       max_bytes: int | None = None):
+  """SPEC §3's rewards of sampled token ids, on device: `reward_fn` for `train_step`.
+
+  ``max_bytes`` bounds the detokenised text (default: C x the longest token, which for
+  Qwen's vocabulary is ~100x C); longer completions are scored as cut (`overflow`).
+  """
+  def reward_fn(tokens_NC, mask_NC, labels_B, perturbed):
+    return rewards_lib.rewards_from_ids(table, tokens_NC, mask_NC, labels_B, cfg,
+                                        perturbed=perturbed, max_bytes=max_bytes)
+  return reward_fn
+
+
+def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig,
+               reward_fn):
+  """Rollout -> rewards -> `update`, one traceable function (jit it whole).
+
+  batch: prompt_ids [B, P] and prompt_mask [B, P] (right-padded), pixel_values
+  [B, T, H, W, 3] (normalised), labels [B] in [1, 5], and for the temporal reward
+  perturb_idx / blank [B, G, T] (`data_pipelines.pipeline`). ``reward_fn(tokens_NC,
+  mask_NC, labels_B, perturbed)`` returns at least `total` and `advantage` [N].
+  """
+  B = batch["prompt_ids"].shape[0]
+  G, C = cfg.num_generations, cfg.max_completion_length
+  sample_kw = dict(max_new_tokens=C, temperature=cfg.temperature, top_k=cfg.top_k,
+                   top_p=cfg.top_p, stop_ids=tuple(cfg.stop_ids), train=True)
+  policy = nnx.merge(graphdef, state.params, state.rest)
+  rng_orig, rng_pert = jax.random.split(rng)
+  with jax.named_scope("rollout"):
+    out = rollout.generate(policy, batch["prompt_ids"], batch["prompt_mask"],
+                           batch["pixel_values"], rng=rng_orig, num_generations=G, **sample_kw)
+  perturbed = None
+  if cfg.temporal and "perturb_idx" in batch:
+    # G perturbed copies per video, one rollout each; scored, never trained on.
+    pix_BGTHWC = perturb.apply_perturbations(batch["pixel_values"], batch["perturb_idx"],
+                                             batch["blank"])
+    with jax.named_scope("rollout_perturbed"):
+      pert = rollout.generate(policy, jnp.repeat(batch["prompt_ids"], G, axis=0),
+                              jnp.repeat(batch["prompt_mask"], G, axis=0),
+                              pix_BGTHWC.reshape(B * G, *pix_BGTHWC.shape[2:]), rng=rng_pert,
+                              num_generations=1, **sample_kw)
+    perturbed = (jax.lax.stop_gradient(pert["tokens_NC"]), pert["mask_NC"])
+  with jax.named_scope("rewards"):
+    scores = reward_fn(out["tokens_NC"], out["mask_NC"], batch["labels"], perturbed)
+  update_batch = dict(
+      prompt_ids=batch["prompt_ids"], prompt_mask=batch["prompt_mask"],
+      pixel_values=batch["pixel_values"], completions=out["tokens_NC"].reshape(B, G, C),
+      completion_mask=out["mask_NC"].reshape(B, G, C),
+      advantages=scores["advantage"].reshape(B, G))
+  state, metrics = update(graphdef, state, update_batch, tx, cfg)
+  total_BG = scores["total"].reshape(B, G)
+  metrics.update({f"reward/{k}": v.astype(jnp.float32).mean() for k, v in scores.items()
+                  if k not in ("advantage", "score", "decimals")})
+  metrics.update(
+      frac_reward_zero_std=(total_BG.std(1) == 0).mean(),
+      clipped_ratio=1.0 - out["stopped_N"].astype(jnp.float32).mean())
+  if "valid" in scores:
+    metrics["parse_fail_rate"] = 1.0 - scores["valid"].astype(jnp.float32).mean()
+  return state, metrics
+
+
+def make_train_step(graphdef, state: TrainState, tx, cfg: GRPOConfig, reward_fn):
+  """The jitted `step(state, batch, rng) -> (state, metrics)`: the whole GRPO step as one
+  program, its state layout kept and donated (see `make_update_step`)."""
+  layout = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(lambda st, b, r: train_step(graphdef, st, b, r, tx, cfg, reward_fn),
+                 out_shardings=(layout, None), donate_argnums=0)
+
+
+class TimedStep:
+  """Host wrapper of a jitted step: adds wall time, generated tokens/s and the number of
+  compilations so far to the metrics (fetching them ends the asynchronous dispatch, so
+  wrap only where metrics are read every step anyway)."""
+
+  def __init__(self, step):
+    self.step = step
+
+  def __call__(self, *args):
+    t0 = time.perf_counter()
+    state, metrics = self.step(*args)
+    metrics = jax.device_get(metrics)
+    dt = time.perf_counter() - t0
+    metrics.update(step_time_s=dt, tokens_per_s=float(metrics["tokens"]) / dt,
+                   compilations=self.step._cache_size())
+    return state, metrics

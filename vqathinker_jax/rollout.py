@@ -1,0 +1,369 @@
+"""Rollout: prefill each prompt once, decode G samples per prompt in one compiled loop.
+
+    out = rollout.generate_jit(m, ids_BT, mask_BT, pix, rng=key, num_generations=4,
+                               max_new_tokens=64, temperature=1.0, top_k=50)
+    out["tokens_NC"], out["mask_NC"], out["logprobs_NC"], out["lengths_N"]
+
+`generate` is the pure, traceable function (call it inside another jit, e.g. the GRPO
+step); `generate_jit` checks the inputs and runs it as one compiled program;
+`cached_generate` binds a model for repeated calls.
+
+The prompt KV cache is computed once per video and shared by its G rows: decode attends
+each row to its video's prompt block [B, K, P, E] and to its own completion block
+[N, K, C, E], so prompt KV is stored and read once per video, not G times. Prompts are
+right-padded; padding keys stay masked, and RoPE positions continue from each row's own
+prompt length, so the result is what an unpadded prompt would give.
+Legend: B prompts (videos), G samples per prompt, N = B*G rows (video-major: row b*G+g),
+P prompt tokens (padded), C new tokens, V vocabulary, D width, H query / K KV heads,
+h = H/K query heads per KV head, E head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqathinker_jax import llm, model as model_lib, sharding
+from vqathinker_jax.model_config import DTYPES
+
+IM_END_ID = 151645       # <|im_end|>: the chat template's end of turn (SPEC §2)
+ENDOFTEXT_ID = 151643    # <|endoftext|>: Qwen2's EOS
+DEFAULT_STOP_IDS = (IM_END_ID, ENDOFTEXT_ID)
+_MIN_TEMPERATURE = 1e-6  # temperature 0 degrades to greedy instead of dividing by zero
+
+
+def _first_argmax(x_NV: jax.Array) -> jax.Array:
+  """argmax (first index on ties) as two plain reductions: XLA's CPU backend runs the
+  variadic (value, index) reduce that `jnp.argmax` lowers to several times slower."""
+  V = x_NV.shape[-1]
+  is_max = x_NV == jnp.max(x_NV, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(is_max, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
+def _batch_is_sharded() -> bool:
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in sharding.BATCH_AXES)
+
+
+def _radix_threshold(key_NV: jax.Array, enough, final=None) -> jax.Array:
+  """The largest int32 ``c`` [N, 1] with ``enough(key_NV >= c)``, for a predicate that is
+  monotone in ``c``: compare-and-reduce passes, bit by bit from the sign down (at most
+  32), stopping early once ``final(key_NV >= c)`` holds on every row. Exact, and no
+  sort: XLA's CPU TopK is ~10x slower than this at V = 512."""
+  lo_N1 = jnp.where(enough(key_NV >= 0), 0, jnp.iinfo(jnp.int32).min).astype(jnp.int32)
+  if final is None or _batch_is_sharded():
+    # No early exit on a split batch: "every row" would cost an all-reduce per pass.
+    final = lambda keep_NV: jnp.zeros(keep_NV.shape[:1] + (1,), bool)
+
+  def cond(carry):
+    bit, _, final_N1 = carry
+    return (bit >= 0) & ~jnp.all(final_N1)
+
+  def set_bit(carry):
+    bit, prefix_N1, final_N1 = carry
+    cand_N1 = prefix_N1 + (jnp.int32(1) << bit)  # never overflows: bits 30..0
+    keep_NV = key_NV >= cand_N1
+    take_N1 = enough(keep_NV) & ~final_N1
+    return (bit - 1, jnp.where(take_N1, cand_N1, prefix_N1),
+            final_N1 | (take_N1 & final(keep_NV)))
+
+  _, prefix_N1, _ = jax.lax.while_loop(
+      cond, set_bit, (jnp.int32(30), lo_N1, final(key_NV >= lo_N1)))
+  return prefix_N1
+
+
+def _top_k_mask(x_NV: jax.Array, k: int) -> jax.Array:
+  """x >= the k-th largest value of its row (ties kept, as transformers' top-k)."""
+  bits = jax.lax.bitcast_convert_type(x_NV.astype(jnp.float32), jnp.int32)
+  key_NV = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+  count_N1 = lambda keep_NV: jnp.sum(keep_NV.astype(jnp.int32), -1, keepdims=True)
+  # Once exactly k pass, lower bits cannot change the set: stop (~half the passes).
+  return key_NV >= _radix_threshold(key_NV, lambda keep: count_N1(keep) >= k,
+                                    lambda keep: count_N1(keep) == k)
+
+
+def _top_p_mask(probs_NV: jax.Array, top_p: float) -> jax.Array:
+  """The most probable tokens whose mass reaches ``top_p``: p >= the largest t with
+  mass(p >= t) >= top_p (transformers' nucleus, ties kept)."""
+  key_NV = jax.lax.bitcast_convert_type(probs_NV, jnp.int32)  # p >= 0: order-preserving
+  mass = lambda keep_NV: jnp.sum(jnp.where(keep_NV, probs_NV, 0.0), -1, keepdims=True) >= top_p
+  return key_NV >= _radix_threshold(key_NV, mass)
+
+
+def _cumsum(x_NL: jax.Array) -> jax.Array:
+  # A triangular matmul: XLA's CPU cumsum (reduce-window) was 3/4 of a decode step at V = 512.
+  L = x_NL.shape[-1]
+  upper_LL = jnp.triu(jnp.ones((L, L), x_NL.dtype))
+  return jnp.matmul(x_NL, upper_LL, precision=jax.lax.Precision.HIGHEST)
+
+
+def _inverse_cdf(probs_NV: jax.Array, key: jax.Array) -> jax.Array:
+  """Draw index ~ probs (unnormalised, >= 0) from one uniform per row, where Gumbel-max
+  would need V (at V = 151k, 151k threefry calls per row per step). Two levels of
+  ~sqrt(V): pick the block whose cumulative mass passes u * total, then the token."""
+  N, V = probs_NV.shape
+  b = 1 << max(0, (int(V ** 0.5) - 1).bit_length())  # block: a power of two >= sqrt(V)
+  nb = -(-V // b)
+  probs_NBb = jnp.pad(probs_NV, ((0, 0), (0, nb * b - V))).reshape(N, nb, b)
+  iota = lambda n: jnp.arange(n, dtype=jnp.int32)
+
+  def pick(probs_NL, target_N1):
+    # First index whose cumulative mass exceeds target, kept within the entries with
+    # mass > 0 against rounding (u * total can round up to total).
+    L = probs_NL.shape[-1]
+    index_N = jnp.sum((_cumsum(probs_NL) <= target_N1).astype(jnp.int32), axis=-1)
+    first_N = jnp.min(jnp.where(probs_NL > 0, iota(L), L - 1), axis=-1)
+    last_N = jnp.max(jnp.where(probs_NL > 0, iota(L), 0), axis=-1)
+    return jnp.clip(index_N, first_N, last_N)
+
+  mass_NB = jnp.sum(probs_NBb, axis=-1)
+  total_N1 = jnp.sum(mass_NB, axis=-1, keepdims=True)
+  target_N1 = jax.random.uniform(key, (N, 1), jnp.float32) * total_N1
+  block_N = pick(mass_NB, target_N1)
+  before_N1 = jnp.sum(jnp.where(iota(nb) < block_N[:, None], mass_NB, 0.0), -1, keepdims=True)
+  in_block_Nb = jnp.take_along_axis(probs_NBb, block_N[:, None, None], axis=1)[:, 0]
+  return block_N * b + pick(in_block_Nb, target_N1 - before_N1)
+
+
+def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int = 0,
+           top_p: float = 1.0, greedy: bool = False):
+  """Next tokens [N] and their log-probs [N].
+
+  Order as transformers: temperature, top-k, then top-p over the renormalised top-k
+  (the most probable tokens whose mass reaches ``top_p``); ties at either threshold are
+  kept. ``top_k`` 0 and ``top_p`` 1 disable them (both static). The log-probs are those
+  of the temperature-scaled, unfiltered distribution, i.e. what the training pass
+  recomputes (TRL divides logits by the temperature too); ``greedy`` takes the argmax
+  and reports log-probs at temperature 1.
+  """
+  logits_NV = logits_NV.astype(jnp.float32)
+  if greedy:
+    scaled_NV = logits_NV
+    tokens_N = _first_argmax(logits_NV)
+  else:
+    scaled_NV = logits_NV / jnp.maximum(jnp.asarray(temperature, jnp.float32),
+                                        _MIN_TEMPERATURE)
+    V = scaled_NV.shape[-1]
+    kept_NV = scaled_NV
+    if 0 < top_k < V:
+      kept_NV = jnp.where(_top_k_mask(scaled_NV, top_k), scaled_NV, -jnp.inf)
+    probs_NV = jax.nn.softmax(kept_NV, axis=-1)
+    if top_p < 1.0:
+      probs_NV = jnp.where(_top_p_mask(probs_NV, top_p), probs_NV, 0.0)
+    tokens_N = _inverse_cdf(probs_NV, key)
+  logp_NV = jax.nn.log_softmax(scaled_NV, axis=-1)
+  return tokens_N, jnp.take_along_axis(logp_NV, tokens_N[:, None], axis=-1)[:, 0]
+
+
+def _groups(x_N, B: int):
+  """[N, ...] -> [B, G, ...] (video-major rows), keeping the batch sharding on B."""
+  return sharding.constrain_batch(x_N.reshape(B, -1, *x_N.shape[1:]))
+
+
+def _rows(x_BG):
+  return sharding.constrain_batch(x_BG.reshape(-1, *x_BG.shape[2:]))
+
+
+def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_values=None, *,
+            num_generations: int = 1, train: bool = False):
+  """Each prompt's KV cache, computed once, and its next-token logits for its G rows.
+
+  Returns ``(prompt_cache, logits_NV)``: per layer ``{"k", "v"}: [B, K, P, E]``. The
+  cache is not repeated: `decode_step` attends the G rows of a video to the same prompt
+  keys, so prompt KV is stored and read once per video rather than G times.
+  """
+  ids_BP = sharding.constrain_batch(jnp.asarray(input_ids_BP))
+  mask_BP = sharding.constrain_batch(jnp.asarray(attention_mask_BP).astype(jnp.int32))
+  B, P = ids_BP.shape
+  x_BPD = model.embed(ids_BP, pixel_values, train)
+  cache = llm.init_cache(model.cfg.text, B, P, DTYPES[model.cfg.dtype])
+  h_BPD, cache = model.llm(x_BPD, llm.positions_from_mask(mask_BP), llm.causal_mask(mask_BP),
+                           cache, 0)
+  last_B = jnp.sum(mask_BP, axis=1) - 1
+  h_B1D = jnp.take_along_axis(h_BPD, last_B[:, None, None], axis=1)
+  logits_BV = model.llm.logits(h_B1D)[:, 0]
+  # [B, K, P, E]: with llm's [B, P, K, E] the decode dots would transpose the whole
+  # cache of every layer at every step.
+  prompt_cache = [{name: sharding.constrain_batch(buf.transpose(0, 2, 1, 3))
+                   for name, buf in layer.items()} for layer in cache]
+  logits_NV = sharding.constrain_batch(jnp.repeat(logits_BV, num_generations, axis=0))
+  return prompt_cache, logits_NV
+
+
+def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_BP, cache,
+                slot):
+  """One token per row through the decoder: next logits [N, V] and the updated cache.
+
+  The attention of `llm.Qwen2` at T = 1 over two key blocks: the video's shared prompt
+  (``prompt_cache`` [B, K, P, E], ``prompt_valid_BP``) and the row's own completion
+  (``cache`` [N, K, C, E]; ``slot`` is where this token's key goes, slots after it are
+  masked). One softmax over both blocks, so the result equals attention over the
+  concatenation.
+  """
+  cfg = lm.cfg
+  N, H, K, E = token_N.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  B, C = prompt_valid_BP.shape[0], cache[0]["k"].shape[2]
+  P = prompt_valid_BP.shape[1]
+  gen_valid_C = jnp.arange(C) <= slot
+  x_ND = lm.embed_tokens(token_N)
+  new_cache = []
+  for layer, prompt_kv, kv in zip(lm.layers, prompt_cache, cache):
+    attn = layer.attn
+    y_ND = layer.input_norm(x_ND)
+    rope = lambda z, heads: llm.apply_rope(z.reshape(N, 1, heads, E), position_N[:, None],
+                                           cfg.rope_theta)[:, 0]
+    q_NHE, k_NKE = rope(attn.q(y_ND), H), rope(attn.k(y_ND), K)
+    v_NKE = attn.v(y_ND).reshape(N, K, E)
+    write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
+        buf, new[:, :, None].astype(buf.dtype), slot, axis=2)
+    kv = {"k": write(kv["k"], k_NKE), "v": write(kv["v"], v_NKE)}
+    new_cache.append(kv)
+    dt = q_NHE.dtype
+    q_NKhE = q_NHE.reshape(N, K, H // K, E)
+    scores_BGKhP = jnp.einsum("bgkhe,bkpe->bgkhp", _groups(q_NKhE, B),
+                              prompt_kv["k"].astype(dt), preferred_element_type=jnp.float32)
+    scores_BGKhP = jnp.where(prompt_valid_BP[:, None, None, None], scores_BGKhP,
+                             jnp.finfo(jnp.float32).min)
+    scores_NKhC = jnp.einsum("nkhe,nkce->nkhc", q_NKhE, kv["k"].astype(dt),
+                             preferred_element_type=jnp.float32)
+    scores_NKhC = jnp.where(gen_valid_C, scores_NKhC, jnp.finfo(jnp.float32).min)
+    scores_NKhS = jnp.concatenate([_rows(scores_BGKhP), scores_NKhC], axis=-1) * E ** -0.5
+    probs_NKhS = jax.nn.softmax(scores_NKhS, axis=-1).astype(dt)
+    out_BGKhE = jnp.einsum("bgkhp,bkpe->bgkhe", _groups(probs_NKhS[..., :P], B),
+                           prompt_kv["v"].astype(dt))
+    out_NKhE = _rows(out_BGKhE) + jnp.einsum("nkhc,nkce->nkhe", probs_NKhS[..., P:],
+                                             kv["v"].astype(dt))
+    x_ND = x_ND + attn.o(out_NKhE.reshape(N, H * E))
+    z_ND = layer.post_norm(x_ND)
+    x_ND = x_ND + layer.down(jax.nn.silu(layer.gate(z_ND)) * layer.up(z_ND))
+  logits_NV = lm.logits(lm.norm(x_ND)[:, None])[:, 0]
+  return logits_NV, new_cache
+
+
+def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP, rng, *,
+           max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
+           greedy: bool = False, stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0):
+  """Sample up to ``max_new_tokens`` after `prefill` (see `generate`)."""
+  N, B = logits_NV.shape[0], attention_mask_BP.shape[0]
+  C = max_new_tokens
+  prompt_valid_BP = attention_mask_BP.astype(bool)
+  prompt_len_N = sharding.constrain_batch(
+      jnp.repeat(jnp.sum(attention_mask_BP.astype(jnp.int32), axis=1), N // B))
+  stop_ids = jnp.asarray(tuple(stop_ids) or (-1,), jnp.int32)
+  draw = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                           greedy=greedy)
+  text = model.cfg.text
+  cache = [{name: sharding.constrain_batch(
+      jnp.zeros((N, text.num_kv_heads, C, text.head_dim), prompt_cache[0]["k"].dtype))
+      for name in ("k", "v")} for _ in range(text.num_layers)]
+
+  token_N, logprob_N = draw(logits_NV, jax.random.fold_in(rng, 0))
+  tokens_NC = jnp.full((N, C), pad_id, jnp.int32).at[:, 0].set(token_N)
+  logprobs_NC = jnp.zeros((N, C), jnp.float32).at[:, 0].set(logprob_N)
+  done_N = jnp.isin(token_N, stop_ids)
+  init = (jnp.int32(1), cache, token_N, tokens_NC, logprobs_NC, done_N, jnp.ones((N,), jnp.int32))
+
+  def cond(carry):
+    t, *_, done_N, _ = carry
+    return (t < C) & ~jnp.all(done_N)  # stop early once every row has stopped
+
+  def body(carry):
+    t, cache, token_N, tokens_NC, logprobs_NC, done_N, lengths_N = carry
+    # Feed token t-1 (completion slot t-1, position prompt_len+t-1); read the logits of t.
+    logits_NV, cache = decode_step(model.llm, token_N, prompt_len_N + t - 1, prompt_cache,
+                                   prompt_valid_BP, cache, t - 1)
+    cache = jax.tree.map(sharding.constrain_batch, cache)
+    token_N, logprob_N = draw(sharding.constrain_batch(logits_NV), jax.random.fold_in(rng, t))
+    token_N = jnp.where(done_N, pad_id, token_N)
+    logprob_N = jnp.where(done_N, 0.0, logprob_N)
+    tokens_NC = jax.lax.dynamic_update_slice_in_dim(tokens_NC, token_N[:, None], t, axis=1)
+    logprobs_NC = jax.lax.dynamic_update_slice_in_dim(logprobs_NC, logprob_N[:, None], t, axis=1)
+    lengths_N = lengths_N + (~done_N).astype(jnp.int32)  # counts the stop token itself
+    done_N = done_N | jnp.isin(token_N, stop_ids)
+    return t + 1, cache, token_N, tokens_NC, logprobs_NC, done_N, lengths_N
+
+  _, _, _, tokens_NC, logprobs_NC, done_N, lengths_N = jax.lax.while_loop(cond, body, init)
+  mask_NC = (jnp.arange(C)[None] < lengths_N[:, None]).astype(jnp.int32)
+  return {"tokens_NC": tokens_NC, "mask_NC": mask_NC, "logprobs_NC": logprobs_NC,
+          "lengths_N": lengths_N, "stopped_N": done_N}
+
+
+def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_values=None, *,
+             rng: jax.Array, num_generations: int = 1, max_new_tokens: int,
+             temperature=1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+             stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0, train: bool = False) -> dict:
+  """Sample G completions per right-padded prompt; pure and traceable (no host transfer).
+
+  ``pixel_values`` as `InternVL.embed`: [frames, H, W, 3] or [B, T, H, W, 3]. Static:
+  everything but the arrays, ``rng`` and ``temperature``. Returns, over N = B*G rows
+  (video-major) and C = ``max_new_tokens`` columns:
+    tokens_NC    int32, sampled ids; ``pad_id`` after the first stop id
+    mask_NC      int32, 1 up to and including the first stop id
+    logprobs_NC  float32, log-prob of each sampled token (see `sample`); 0 where masked
+    lengths_N    int32, completion lengths (= mask_NC.sum(1))
+    stopped_N    bool, whether the row ended with a stop id (else truncated at C)
+  Sampling noise depends on ``rng``, the step and the row index only, so it is the same
+  whatever the mesh.
+  """
+  prompt_cache, logits_NV = prefill(model, input_ids_BT, attention_mask_BT, pixel_values,
+                                    num_generations=num_generations, train=train)
+  mask_BT = sharding.constrain_batch(jnp.asarray(attention_mask_BT))
+  return decode(model, prompt_cache, logits_NV, mask_BT, rng, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                stop_ids=stop_ids, pad_id=pad_id)
+
+
+def _static(num_generations: int = 1, *, max_new_tokens: int, top_k: int = 0,
+            top_p: float = 1.0, greedy: bool = False, stop_ids=DEFAULT_STOP_IDS,
+            pad_id: int = 0, train: bool = False) -> dict:
+  """The compile-time settings of `generate`, normalised so equal settings hash equal."""
+  return dict(num_generations=int(num_generations), max_new_tokens=int(max_new_tokens),
+              top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
+              stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id), train=bool(train))
+
+
+_STATIC = ("num_generations", "max_new_tokens", "top_k", "top_p", "greedy", "stop_ids",
+           "pad_id", "train")
+
+
+@functools.partial(nnx.jit, static_argnames=_STATIC)
+def _generate_jit(model, input_ids_BT, attention_mask_BT, pixel_values, rng, temperature,
+                  **static):
+  return generate(model, input_ids_BT, attention_mask_BT, pixel_values, rng=rng,
+                  temperature=temperature, **static)
+
+
+def generate_jit(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_values=None,
+                 *, rng: jax.Array, temperature=1.0, **settings) -> dict:
+  """`generate` as one compiled program, after `model.check_inputs`. ``settings``: the
+  keyword arguments of `generate`. A new temperature does not recompile; other settings
+  and new shapes do."""
+  static = _static(**settings)
+  model_lib.check_inputs(model.cfg, input_ids_BT, pixel_values, static["train"])
+  return _generate_jit(model, input_ids_BT, attention_mask_BT, pixel_values, rng,
+                       jnp.asarray(temperature, jnp.float32), **static)
+
+
+def cached_generate(model: model_lib.InternVL):
+  """`generate_jit` bound to ``model`` for repeated calls (evaluation loops, benchmarks):
+  NNX's per-call graph traversal, which costs as much as a tiny model's whole prefill,
+  is done once (`nnx.cached_partial`). Parameter updates are seen; structural changes
+  to the model after this call are not.
+
+      run = cached_generate(m)
+      out = run(ids_BT, mask_BT, pix, rng=key, num_generations=4, max_new_tokens=64)
+  """
+  with nnx.set_graph_mode(True), nnx.set_graph_updates(True):
+    bound = nnx.cached_partial(_generate_jit, model)
+
+  def run(input_ids_BT, attention_mask_BT, pixel_values=None, *, rng: jax.Array,
+          temperature=1.0, **settings) -> dict:
+    static = _static(**settings)
+    model_lib.check_inputs(model.cfg, input_ids_BT, pixel_values, static["train"])
+    return bound(input_ids_BT, attention_mask_BT, pixel_values, rng,
+                 jnp.asarray(temperature, jnp.float32), **static)
+
+  return run
