@@ -9,11 +9,13 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = "smoke"  # what main runs: 'smoke' = build/load the model, run one checked forward
+  c.mode = "smoke"  # what main runs: 'smoke' (build/load the model, one checked forward) | 'predict'
   c.seed = 42  # PRNG seed for initialisation and synthetic inputs
 
   c.model = m = ml_collections.ConfigDict()
   m.checkpoint = ""  # local Hugging Face InternVL directory (either layout); "" = random init from `arch`
+  m.slowfast_weights = ""  # converted SlowFast safetensors (tools/convert_slowfast) to add the motion branch
+  m.tokenizer = ""  # tokenizer directory ("" = the checkpoint's)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
   m.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
   m.arch = a = ml_collections.ConfigDict()  # architecture, used only when `checkpoint` is ""
@@ -44,6 +46,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = 1  # pure data-parallel replicas
   c.mesh.fsdp = -1  # parameter-sharded data parallel (-1: all remaining devices)
   c.mesh.tensor = 1  # tensor (model) parallel
+
+  c.predict = p = ml_collections.ConfigDict()
+  p.videos = ""  # comma-separated video paths, or a folder of videos
+  p.frames = 12  # frames per video (SPEC §5: 12 at evaluation)
+  p.size = 560  # frame side in pixels (multiple of 28)
+  p.max_new_tokens = 1024  # greedy generation limit (SPEC §5)
+  p.batch_size = 4  # videos per rollout batch
+  p.prompt_layout = "train"  # 'train' (SPEC §2) | 'reference_eval' (the release's batch_infer.py)
+  p.train_selection = False  # SlowFast training frame selection (T//3, x6) instead of eval (T//4, x4)
 
   c.smoke = s = ml_collections.ConfigDict()
   s.batch = 2  # videos in the smoke batch

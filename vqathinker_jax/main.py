@@ -13,7 +13,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, logs, reports).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("smoke",)
+MODES = ("smoke", "predict")
 
 
 def main(argv):
@@ -23,7 +23,12 @@ def main(argv):
   if config.mode not in MODES:
     raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
   workdir = pathlib.Path(_WORKDIR.value)
-  from vqathinker_jax import smoke  # after flag parsing: jax starts only for real runs
+  # Imported after flag parsing: jax starts only for real runs.
+  if config.mode == "predict":
+    from vqathinker_jax import predict
+    print(json.dumps(predict.run(config, workdir), indent=2))
+    return
+  from vqathinker_jax import smoke
   print(json.dumps(smoke.run(config, workdir), indent=2))
 
 

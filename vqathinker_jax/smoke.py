@@ -32,7 +32,9 @@ def model_config_from(c) -> ModelConfig:
 def build_model(config, mesh):
   if config.model.checkpoint:
     return model.from_pretrained(config.model.checkpoint, dtype=config.model.dtype,
-                                 param_dtype=config.model.param_dtype, mesh=mesh)
+                                 param_dtype=config.model.param_dtype, mesh=mesh,
+                                 slowfast_weights=config.model.slowfast_weights or None,
+                                 seed=config.seed)
   cfg = model_config_from(config.model)
   return model.init(cfg, seed=config.seed, mesh=mesh), cfg
 
