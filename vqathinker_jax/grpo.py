@@ -295,13 +295,17 @@ def make_optimizer(cfg_lr: float | optax.Schedule, *, max_grad_norm: float = 1.0
                                          weight_decay=weight_decay))
 
 
-def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
-  """The jitted `step(state, batch) -> (state, metrics)`. The new state keeps the layout
-  of ``state`` (parameters stay sharded as created, and the next call does not recompile)
+def _jit_keeping_layout(step_fn, state: TrainState):
+  """jit ``step_fn(state, ...) -> (state, metrics)`` so the new state keeps the layout of
+  ``state`` (parameters stay sharded as created, and the next call does not recompile)
   and reuses its buffers (donated)."""
   layout = jax.tree.map(lambda x: x.sharding, state)
-  return jax.jit(lambda state, batch: update(graphdef, state, batch, tx, cfg),
-                 out_shardings=(layout, None), donate_argnums=0)
+  return jax.jit(step_fn, out_shardings=(layout, None), donate_argnums=0)
+
+
+def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
+  """The jitted `step(state, batch) -> (state, metrics)` (see `_jit_keeping_layout`)."""
+  return _jit_keeping_layout(lambda st, batch: update(graphdef, st, batch, tx, cfg), state)
 
 
 # -------------------------------------------------------------- rollout -> update ---
@@ -347,7 +351,7 @@ def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg
                               jnp.repeat(batch["prompt_mask"], G, axis=0),
                               pix_BGTHWC.reshape(B * G, *pix_BGTHWC.shape[2:]), rng=rng_pert,
                               num_generations=1, **sample_kw)
-    perturbed = (jax.lax.stop_gradient(pert["tokens_NC"]), pert["mask_NC"])
+    perturbed = (pert["tokens_NC"], pert["mask_NC"])
   with jax.named_scope("rewards"):
     scores = reward_fn(out["tokens_NC"], out["mask_NC"], batch["labels"], perturbed)
   update_batch = dict(
@@ -369,10 +373,9 @@ def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg
 
 def make_train_step(graphdef, state: TrainState, tx, cfg: GRPOConfig, reward_fn):
   """The jitted `step(state, batch, rng) -> (state, metrics)`: the whole GRPO step as one
-  program, its state layout kept and donated (see `make_update_step`)."""
-  layout = jax.tree.map(lambda x: x.sharding, state)
-  return jax.jit(lambda st, b, r: train_step(graphdef, st, b, r, tx, cfg, reward_fn),
-                 out_shardings=(layout, None), donate_argnums=0)
+  program (see `_jit_keeping_layout`)."""
+  return _jit_keeping_layout(
+      lambda st, b, r: train_step(graphdef, st, b, r, tx, cfg, reward_fn), state)
 
 
 class TimedStep:

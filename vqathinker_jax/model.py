@@ -28,7 +28,7 @@ def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array)
   idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats_MD.shape[0] - 1)
   gathered = jnp.take(feats_MD.astype(x_BTD.dtype), idx, axis=0)
   merged = jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
-  return sharding.constrain_batch(merged)  # re-assert after the batch-merging reshape, see below
+  return sharding.constrain_batch(merged)  # the batch-merging reshape: see visual_tokens
 
 
 def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False) -> None:
@@ -94,8 +94,8 @@ class InternVL(nnx.Module):
     """[M, D] in slot order: frame by frame for [N, H, W, 3]; for [B, T, H, W, 3], per
     video its T frames, then its motion token when the model has the motion branch."""
     # Every reshape that merges or splits the sharded batch dimension is followed by a
-    # constraint: without it XLA's SPMD partitioner (jax 0.10.2) can permute rows across
-    # devices when matmuls with 2-D-sharded kernels follow (tests/motion_test.py).
+    # constraint, so the batch stays split as the mesh says instead of as the partitioner
+    # guesses (the row-permutation bug itself is avoided by BATCH_AXES' order, sharding.py).
     pix = sharding.constrain_batch(pixel_values)
     if pix.ndim == 4:
       feats_NPD = self.vision(pix)

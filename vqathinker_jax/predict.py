@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import decode
+from data_pipelines import decode, perturb
 from vqathinker_jax import eval_report, rollout, tokenizer as tok_lib
 
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".yuv", ".flv"}
 
