@@ -9,13 +9,13 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = "smoke"  # what main runs: 'smoke' (build/load the model, one checked forward) | 'predict'
+  c.mode = "train"  # what main runs: 'train' (SFT warm-start, then GRPO) | 'eval' | 'predict' | 'smoke'
   c.seed = 42  # PRNG seed for initialisation and synthetic inputs
 
   c.model = m = ml_collections.ConfigDict()
   m.checkpoint = ""  # local Hugging Face InternVL directory (either layout); "" = random init from `arch`
   m.slowfast_weights = ""  # converted SlowFast safetensors (tools/convert_slowfast) to add the motion branch
-  m.tokenizer = ""  # tokenizer directory ("" = the checkpoint's)
+  m.tokenizer = ""  # tokenizer directory ("" = the checkpoint's; "demo" = build the tiny demo tokenizer)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
   m.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
   m.arch = a = ml_collections.ConfigDict()  # architecture, used only when `checkpoint` is ""
@@ -41,11 +41,105 @@ def get_config() -> ml_collections.ConfigDict:
   t.intermediate_size = 18944  # SwiGLU width
   t.rope_theta = 1_000_000.0  # rotary base
   t.tie_word_embeddings = False  # LM head shares the embedding matrix
+  a.motion = mo = ml_collections.ConfigDict()  # VQAThinker's SlowFast motion branch (random init)
+  mo.enabled = False  # add SlowFast + motion_mlp to a random-init model
+  mo.width = 64  # slow stem channels (64 = SlowFast-R50)
+  mo.depth = 50  # ResNet depth: 50 | 101 | 152
+  mo.pool_t_slow = 8  # head AvgPool3d temporal kernel, slow pathway
+  mo.pool_t_fast = 32  # head AvgPool3d temporal kernel, fast pathway
+  mo.pool_hw = 7  # head AvgPool3d spatial kernel
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1  # pure data-parallel replicas
   c.mesh.fsdp = -1  # parameter-sharded data parallel (-1: all remaining devices)
   c.mesh.tensor = 1  # tensor (model) parallel
+
+  c.data = d = ml_collections.ConfigDict()
+  d.data_dir = ""  # TFDS data_dir with the data sets built by `python -m data_pipelines.prepare`
+  d.train = "lsvq_train"  # training data set name (built at frames x size)
+  d.train_split = "train"  # split of `train` to train on
+  d.frames = 6  # frames per training video (SPEC §2)
+  d.size = 448  # training frame side in pixels (multiple of 28)
+  d.perturb_modes = ""  # temporal perturbations to draw, comma-separated ("" = all of perturb.MODES)
+  d.read_threads = 4  # records read at once per process
+  d.prefetch = 4  # batches held ahead per process
+  d.worker_count = 0  # Grain worker processes (0: read in the trainer's process)
+  d.synthetic = sy = ml_collections.ConfigDict()  # generate + build the synthetic data set if missing
+  sy.enabled = False  # on: `train` and the eval sets are the synthetic set, made under data_dir
+  sy.num_videos = 48  # clips to render
+  sy.num_frames = 24  # frames per rendered clip
+  sy.height = 64  # rendered clip height (even)
+  sy.width = 96  # rendered clip width (even)
+  sy.seed = 0  # rendering seed
+  sy.test_fraction = 0.25  # held-out share (by id hash) for evaluation
+
+  c.sft = f = ml_collections.ConfigDict()  # supervised warm-start on templated answers
+  f.steps = 0  # SFT optimiser steps before GRPO (0: none, e.g. from a trained checkpoint)
+  f.batch_size = 8  # videos per SFT step
+  f.lr = 1e-4  # constant learning rate (AdamW, grad-clip train.optimizer.max_grad_norm)
+  f.think = "The video looks {quality}."  # target reasoning; {quality} = a word for the MOS band
+
+  c.grpo = g = ml_collections.ConfigDict()  # the GRPO update (TRL GRPOConfig names)
+  g.num_generations = 4  # G completions per video (>= 2)
+  g.beta = 0.04  # KL weight against the frozen initial policy (0: no reference model)
+  g.kl_estimator = "k3"  # k1 | k2 | k3
+  g.epsilon = 0.2  # ratio clip, lower side
+  g.epsilon_high = 0.2  # ratio clip, upper side
+  g.loss_type = "grpo"  # grpo | bnpo | dapo | dr_grpo
+  g.num_iterations = 1  # policy updates per rollout batch
+  g.max_completion_length = 2048  # new tokens per rollout (SPEC §4)
+  g.temperature = 1.0  # sampling temperature
+  g.top_k = 50  # keep the k likeliest tokens (0: all)
+  g.top_p = 1.0  # nucleus mass (1: all)
+  g.temporal = True  # temporal-consistency reward from perturbed rollouts (SPEC §3)
+  g.logprob_chunk = 256  # completion tokens per LM-head chunk
+  g.micro_batch_size = 0  # videos per gradient micro-batch (0: the whole batch)
+  g.logprob_micro_batch_size = 0  # videos per no-grad log-prob micro-batch (0: the whole batch)
+
+  c.rewards = r = ml_collections.ConfigDict()  # SPEC §3 constants (rewards.RewardConfig)
+  r.sigma = 0.5  # bell-shaped regression width
+  r.coarse_penalty = 0.8  # regression factor below min_decimals decimals
+  r.min_decimals = 2  # decimals an answer needs for the full regression reward
+  r.pairing = "batch"  # fidelity comparators: batch | micro
+  r.micro_videos = 2  # videos per micro-batch for 'micro' pairing / scope
+  r.temporal_scope = "group"  # temporal-bonus means: group | micro
+  r.temporal_bonus = 0.3  # bonus added when the original beats the perturbed rollouts
+  r.temporal_rank_threshold = 0.5  # ranking-reward threshold for the bonus
+  r.temporal_reg_threshold = 0.9  # regression-reward threshold for the bonus
+  r.ranking_weight = 1.0  # weight of the ranking (fidelity) reward
+  r.regression_weight = 1.0  # weight of the regression reward
+  r.format_weight = 1.0  # weight of the format reward
+
+  c.train = tr = ml_collections.ConfigDict()
+  tr.batch_size = 32  # videos per GRPO step, global (SPEC §4: 32 videos, 128 completions)
+  tr.num_epochs = 3  # passes over the training set (sets the step count when num_steps is 0)
+  tr.num_steps = 0  # GRPO steps (0: from num_epochs)
+  tr.log_every = 1  # steps between metric lines (JSONL, TensorBoard, progress bar)
+  tr.eval_every = 0  # steps between evaluations on eval.sets (0: only after training)
+  tr.checkpoint_every = 100  # steps between checkpoints (and one at the end)
+  tr.keep_checkpoints = 3  # checkpoints kept
+  tr.profile_start = -1  # first step of an XLA trace into workdir/profile (-1: no trace)
+  tr.profile_end = -1  # the trace stops before this step
+  tr.optimizer = o = ml_collections.ConfigDict()  # AdamW (SPEC §4)
+  o.lr = 1e-6  # peak learning rate
+  o.schedule = "linear"  # linear (decay to 0) | constant | cosine
+  o.warmup_steps = 0  # linear warm-up steps
+  o.weight_decay = 0.0  # decoupled weight decay
+  o.max_grad_norm = 1.0  # global-norm clip (0: none)
+  o.b1 = 0.9  # Adam beta1
+  o.b2 = 0.999  # Adam beta2
+  o.eps = 1e-8  # Adam epsilon
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.sets = "lsvq_test,lsvq_1080p,konvid_1k,live_vqc,youtube_ugc"  # data set names, comma-separated
+  e.split = "test"  # split of each eval set
+  e.frames = 12  # frames per video (SPEC §5)
+  e.size = 560  # frame side in pixels (SPEC §5)
+  e.batch_size = 4  # videos per greedy rollout batch
+  e.max_new_tokens = 1024  # greedy generation limit (SPEC §5)
+  e.prompt_layout = "train"  # train (SPEC §2) | reference_eval (the release's batch_infer.py)
+  e.train_selection = False  # SlowFast training frame selection instead of evaluation's
+  e.max_videos = 0  # per set, for quick looks (0: all)
 
   c.predict = p = ml_collections.ConfigDict()
   p.videos = ""  # comma-separated video paths, or a folder of videos
