@@ -229,23 +229,29 @@ def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransform
   # Named scopes split the step's time by phase in an XLA profile (one program, no host
   # clock inside it).
   old_logp = batch.get("old_logp")
-  if old_logp is None:
+  # One update per batch: the old policy is this one, so ratio = exp(logp - sg(logp)) = 1
+  # with the same gradient, and the extra no-grad pass (TRL's too) is skipped.
+  ratio_one = old_logp is None and cfg.num_iterations == 1
+  if old_logp is None and not ratio_one:
     with jax.named_scope("old_logprobs"):
       old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
   with jax.named_scope("reference"):
     ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
-                if cfg.beta else jnp.zeros_like(old_logp))
-  data = dict(batch, old_logp=old_logp, ref_logp=ref_logp)
+                if cfg.beta else jnp.zeros(mask.shape, jnp.float32))
+  data = dict(batch, ref_logp=ref_logp)
   keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions", "completion_mask",
-          "advantages", "old_logp", "ref_logp")
+          "advantages", "ref_logp")
+  if not ratio_one:
+    data["old_logp"] = old_logp
+    keys += ("old_logp",)
 
   def micro_loss(params, mbatch):
     m = nnx.merge(graphdef, params, state.rest)
     logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
                                mbatch["pixel_values"], mbatch["completions"],
                                temperature=cfg.temperature, chunk=cfg.logprob_chunk)
-    tok, kl, low, high = per_token_loss(logp, mbatch["old_logp"], mbatch["ref_logp"],
-                                        mbatch["advantages"], cfg)
+    old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
+    tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
     cm = mbatch["completion_mask"].astype(jnp.float32)
     loss = reduce_loss(tok, cm, cfg, num_items, n_micro)
     sums = dict(kl=(kl * cm).sum(), clip_low=(low * cm).sum(), clip_high=(high * cm).sum(),
