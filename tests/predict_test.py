@@ -70,7 +70,8 @@ def test_main_predict_mode_end_to_end(tok, videos, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "vqathinker_jax.main", "--config", str(root / "configs/demo.py"),
        "--workdir", str(tmp_path / "wd"), "--config.mode=predict",
-       f"--config.model.checkpoint={ckpt}", f"--config.predict.videos={videos}",
+       f"--config.model.checkpoint={ckpt}", "--config.model.tokenizer=",  # the checkpoint's
+       f"--config.predict.videos={videos}",
        "--config.predict.frames=12", "--config.predict.size=56",
        "--config.predict.max_new_tokens=8", "--config.predict.batch_size=2"],
       capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "XLA_FLAGS": ""})

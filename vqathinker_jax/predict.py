@@ -7,15 +7,18 @@ Legend: B videos per batch, T frames, H/W pixels, P prompt tokens, C new tokens.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import pathlib
-from typing import Iterable
+from typing import Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from data_pipelines import decode, perturb
-from vqathinker_jax import eval_report, rollout, tokenizer as tok_lib
+from vqathinker_jax import eval_report, rollout, sharding, tokenizer as tok_lib
 
 IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
@@ -51,11 +54,86 @@ def list_videos(spec) -> list[pathlib.Path]:
   return out
 
 
+class Scored(NamedTuple):
+  text: str      # the model's reasoning and answer
+  score: float   # SPEC §5: the first <answer>'s number, else 3.0
+  parsed: bool   # an <answer> with a number was found
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+  it = iter(items)
+  while chunk := list(itertools.islice(it, size)):
+    yield chunk
+
+
+def _to_device(x_B: np.ndarray) -> jax.Array:
+  """Host batch -> device, split over the batch axes of the mesh in context (replicated if
+  they do not divide it). Every process passes the same full batch and contributes its
+  own shards, so this also works when the mesh spans hosts."""
+  mesh = jax.sharding.get_mesh()
+  if mesh.empty:
+    return jnp.asarray(x_B)
+  axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+  split = axes and x_B.shape[0] % math.prod(mesh.shape[a] for a in axes) == 0
+  spec = NamedSharding(mesh, P(axes) if split else P())
+  return jax.make_array_from_callback(x_B.shape, spec, lambda idx: x_B[idx])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
+                  prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
+                  train_selection: bool = False) -> list[Scored]:
+  """Greedy generation + SPEC §5 parse for uint8 [T, H, W, 3] videos, in order.
+
+  ``frames`` is consumed lazily, one batch at a time (an evaluation set does not fit in
+  host memory). Every batch has the same shape (the last one is padded by repetition), so
+  the rollout compiles once. Call inside `jax.set_mesh(mesh)` to split the batch over the
+  mesh. ``train_selection``: SlowFast's training frame selection (T//3, x6) instead of the
+  evaluation one (T//4, x4).
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  ids_BP = np.tile(tok_lib.prompt_ids(tokenizer, prompt), (batch_size, 1))
+  ids_BP, mask_BP = _to_device(ids_BP), _to_device(np.ones_like(ids_BP))
+  rng = jax.random.key(0)  # unused by greedy decoding, but generate takes one
+
+  def launch(chunk):
+    pix_BTHWC = normalize(np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk))))
+    out = rollout.generate_jit(model, ids_BP, mask_BP, _to_device(pix_BTHWC), rng=rng,
+                               greedy=True, max_new_tokens=max_new_tokens,
+                               stop_ids=tokenizer.special.stop_ids, train=train_selection)
+    return len(chunk), out["tokens_NC"], out["lengths_N"]
+
+  def finish(n, tokens_NC, lengths_N):
+    tokens_BC, lengths_B = _to_host(tokens_NC)[:n], _to_host(lengths_N)[:n]
+    texts = [tokenizer.decode(t[:k]) for t, k in zip(tokens_BC, lengths_B)]
+    return [Scored(t, float(s), bool(ok))
+            for t, (s, ok) in zip(texts, map(eval_report.parse_eval_answer, texts))]
+
+  results, pending = [], None
+  for chunk in _batches(frames, batch_size):
+    # Dispatch is asynchronous: the device runs this batch while the host decodes the
+    # previous batch's text and reads the next videos.
+    launched = launch(chunk)
+    if pending is not None:
+      results += finish(*pending)
+    pending = launched
+  if pending is not None:
+    results += finish(*pending)
+  return results
+
+
 def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: int, size: int,
             max_new_tokens: int = 1024, batch_size: int = 4, prompt_layout: str = "train",
             train_selection: bool = False) -> list[Prediction]:
-  """Greedy predictions in the order of ``videos``. Every batch has the same shapes (the
-  last one is padded by repetition), so the rollout compiles once.
+  """Greedy predictions in the order of ``videos`` (`score_batches` over the videos that
+  decode; the others get an error entry). Videos are decoded as the batches need them.
 
   ``train_selection``: SlowFast's training frame selection (T//3, x6; e.g. 6 frames)
   instead of the evaluation one (T//4, x4; the reference evaluates 12 frames at 560 px).
@@ -65,35 +143,31 @@ def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: in
   prompt = tok_lib.PromptConfig(
       num_frames=frames, motion=cfg.motion is not None, layout=prompt_layout,
       tokens_per_frame=tok_lib.tokens_per_frame(size, cfg.vision.patch_size, cfg.downsample_ratio))
-  ids_P = tok_lib.prompt_ids(tokenizer, prompt)
-  results: dict[int, Prediction] = {}
-  good: list[tuple[int, np.ndarray]] = []
-  for i, path in enumerate(videos):
-    try:
-      good.append((i, decode.decode(path, frames, size).frames_TxHxWx3))
-    except (decode.DecodeError, OSError) as e:  # corrupt, missing, not a video, ...
-      results[i] = Prediction(str(path), None, False, "", f"{type(e).__name__}: {e}")
-  for start in range(0, len(good), batch_size):
-    chunk = good[start:start + batch_size]
-    padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    pix_BTHWC = normalize(np.stack([f for _, f in padded]))
-    ids_BP = jnp.asarray(np.tile(ids_P, (batch_size, 1)))
-    out = rollout.generate_jit(model, ids_BP, jnp.ones_like(ids_BP), jnp.asarray(pix_BTHWC),
-                               rng=jax.random.key(0), greedy=True, max_new_tokens=max_new_tokens,
-                               stop_ids=tokenizer.special.stop_ids, train=train_selection)
-    tokens_BC, lengths_B = jax.device_get((out["tokens_NC"], out["lengths_N"]))
-    for (i, _), tokens_C, n in zip(chunk, tokens_BC, lengths_B):
-      text = tokenizer.decode(tokens_C[:n])
-      score, ok = eval_report.parse_eval_answer(text)
-      results[i] = Prediction(str(videos[i]), float(score), bool(ok), text)
-  return [results[i] for i in sorted(results)]
+  errors: dict[int, Prediction] = {}
+  good: list[int] = []
+
+  def decoded():
+    for i, path in enumerate(videos):
+      try:
+        frames_THWC = decode.decode(path, frames, size).frames_TxHxWx3
+      except (decode.DecodeError, OSError) as e:  # corrupt, missing, not a video, ...
+        errors[i] = Prediction(str(path), None, False, "", f"{type(e).__name__}: {e}")
+        continue
+      good.append(i)
+      yield frames_THWC
+
+  scored = score_batches(model, tokenizer, decoded(), prompt=prompt, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, train_selection=train_selection)
+  results = {i: Prediction(str(videos[i]), s.score, s.parsed, s.text)
+             for i, s in zip(good, scored)}
+  return [results.get(i) or errors[i] for i in range(len(videos))]
 
 
 def run(config, workdir: pathlib.Path) -> dict:
   """`mode='predict'`: score `config.predict.videos` with `config.model.checkpoint`; writes
   `predictions.json` to ``workdir`` and prints one line per video."""
   import json
-  from vqathinker_jax import sharding, smoke
+  from vqathinker_jax import demo_tokenizer, smoke
 
   c = config.predict
   if not config.model.checkpoint:
@@ -102,7 +176,7 @@ def run(config, workdir: pathlib.Path) -> dict:
   if not c.videos:
     raise ValueError("config.predict.videos: give video paths (comma-separated) or a folder")
   paths = list_videos(c.videos)
-  tokenizer = tok_lib.load_tokenizer(config.model.tokenizer or config.model.checkpoint)
+  tokenizer = demo_tokenizer.resolve(config.model, workdir)
   mesh = sharding.make_mesh(dict(config.mesh))
   m, _ = smoke.build_model(config, mesh)  # outside the mesh context: logical names there
   with jax.set_mesh(mesh):
