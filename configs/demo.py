@@ -21,7 +21,7 @@ def get_config():
   a.vision.update(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, image_size=56)
   a.text.update(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                 head_dim=16, intermediate_size=128, rope_theta=10000.0)
-  c.data.update(frames=6, size=56)
+  c.data.update(train="synthetic", frames=6, size=56)
   c.data.synthetic.update(enabled=True, num_videos=240, num_frames=24, height=64, width=96)
   c.sft.update(steps=300, batch_size=8, lr=1e-3)
   c.grpo.update(num_generations=4, max_completion_length=24, logprob_chunk=64)

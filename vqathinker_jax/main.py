@@ -1,19 +1,29 @@
 """Entry point: `python -m vqathinker_jax.main --config configs/X.py --workdir DIR`.
 
 Overrides: `--config.model.dtype=bfloat16`, `--config.mesh.tensor=2`, ...
+Modes (`config.mode`): train (SFT warm-start, then GRPO), eval, predict, smoke.
 """
 
 import json
+import os
 import pathlib
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, logs, reports).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("smoke", "predict")
+MODES = ("train", "eval", "predict", "smoke")
+
+
+def _multi_process() -> bool:
+  """Launched as one of several processes (a TPU pod slice's workers, SLURM, or an explicit
+  coordinator): `jax.distributed.initialize()` must run before anything touches jax."""
+  env = os.environ
+  return ("JAX_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+          or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
 
 
 def main(argv):
@@ -24,12 +34,29 @@ def main(argv):
     raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
   workdir = pathlib.Path(_WORKDIR.value)
   # Imported after flag parsing: jax starts only for real runs.
-  if config.mode == "predict":
+  import jax
+  if _multi_process():
+    jax.distributed.initialize()
+  from vqathinker_jax import config_check
+  try:  # before anything loads or compiles
+    config_check.validate(config, num_devices=jax.device_count())
+  except config_check.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  if config.mode == "train":
+    from vqathinker_jax import train_log, trainer
+    print(train_log.render_summary(trainer.run(config, workdir)))
+  elif config.mode == "eval":
+    from vqathinker_jax import evaluate, trainer
+    result = evaluate.run(config, workdir, model=trainer.trained_model(config, workdir))
+    print(json.dumps(result, indent=2, default=str))
+  elif config.mode == "predict":
     from vqathinker_jax import predict
     print(json.dumps(predict.run(config, workdir), indent=2))
-    return
-  from vqathinker_jax import smoke
-  print(json.dumps(smoke.run(config, workdir), indent=2))
+  else:
+    from vqathinker_jax import smoke
+    print(json.dumps(smoke.run(config, workdir), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Training logs: one JSONL line and TensorBoard scalars per logged step, a progress bar
+with step/s and ETA, and a compile/step-time report. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+
+def _scalar(v):
+  v = np.asarray(v)
+  return float(v) if v.ndim == 0 and np.issubdtype(v.dtype, np.number) else None
+
+
+class MetricWriter:
+  """`write(step, metrics)` -> workdir/metrics.jsonl and TensorBoard events in workdir/tb."""
+
+  def __init__(self, workdir, total_steps: int, *, enabled: bool | None = None,
+               progress: bool = True):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._tb = self._bar = None
+    if self.enabled:
+      import tensorboardX
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+      if progress:
+        from tqdm import tqdm
+        self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
+    self._times: dict[str, list[float]] = {}
+
+  def set_position(self, step: int):
+    if self._bar is not None:
+      self._bar.n = self._bar.last_print_n = step
+      self._bar.refresh()
+
+  def write(self, step: int, metrics: dict, phase: str):
+    row = {"step": int(step), "phase": phase}
+    row.update({k: s for k, v in metrics.items() if (s := _scalar(v)) is not None})
+    if "step_time_s" in row:
+      self._times.setdefault(phase, []).append(row["step_time_s"])
+    if not self.enabled:
+      return row
+    with self.path.open("a") as f:
+      f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                          for k, v in row.items()}) + "\n")
+    for k, v in row.items():
+      if k not in ("step", "phase") and math.isfinite(v):
+        self._tb.add_scalar(f"{phase}/{k}", v, step)
+    if self._bar is not None:
+      self._bar.n = step
+      shown = {k: row[k] for k in ("loss", "reward/total", "srcc") if k in row}
+      self._bar.set_postfix({"phase": phase, **{k: f"{v:.3f}" for k, v in shown.items()}},
+                            refresh=False)
+      self._bar.update(0)
+    return row
+
+  def timing_report(self, compile_s: dict[str, float]) -> dict:
+    """Per phase: compile seconds, median and p90 step seconds (the first step excluded)."""
+    out = {}
+    for phase, times in self._times.items():
+      t = np.asarray(times[1:] or times)
+      out[phase] = dict(compile_s=round(compile_s.get(phase, float("nan")), 2),
+                        steps=len(times), median_step_s=round(float(np.median(t)), 4),
+                        p90_step_s=round(float(np.percentile(t, 90)), 4))
+    return out
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Profiler:
+  """An XLA trace of steps [start, end) into `workdir/profile` (TensorBoard/XProf)."""
+
+  def __init__(self, workdir, start: int, end: int):
+    self.dir = pathlib.Path(workdir) / "profile"
+    self.start, self.end, self.active = start, end, False
+
+  def before(self, step: int):
+    if self.start >= 0 and step == self.start and not self.active:
+      jax.profiler.start_trace(str(self.dir))
+      self.active = True
+
+  def after(self, step: int, block=None):
+    """Call after step `step` ran; `block` is waited on so the trace holds the device work."""
+    if self.active and step + 1 >= self.end:
+      jax.block_until_ready(block)
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+class Timer:
+  """Wall-clock seconds of a block: `with timer('compile/grpo'): ...`."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  def __call__(self, name):
+    timer = self
+
+    class _Block:
+      def __enter__(self):
+        self.t0 = time.perf_counter()
+
+      def __exit__(self, *exc):
+        timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+    return _Block()
+
+
+def render_summary(summary: dict) -> str:
+  """The end-of-training report a person reads: evaluation before/after GRPO, the reward
+  curve, timings and where everything is."""
+  lines = [f"trained {summary['sft_steps']} SFT + {summary['grpo_steps']} GRPO steps"]
+  for tag, sets in summary.get("eval", {}).items():
+    for name, m in sets.items():
+      lines.append(f"  eval {tag:>8} {name}: SRCC {_fmt(m.get('srcc'))}  PLCC "
+                   f"{_fmt(m.get('plcc'))}  PLCC fitted {_fmt(m.get('plcc_fitted'))}  "
+                   f"parse failures {_fmt(m.get('parse_failure_rate'))}")
+  curve = summary.get("reward_curve") or []
+  if curve:
+    lines.append(f"  mean reward per GRPO step: first {_fmt(summary['reward_first'])} -> last "
+                 f"{_fmt(summary['reward_last'])}  {_spark(curve)}")
+  for phase, t in summary.get("timing", {}).items():
+    lines.append(f"  {phase}: compile {t['compile_s']} s, median step {t['median_step_s']} s "
+                 f"(p90 {t['p90_step_s']} s) over {t['steps']} logged steps")
+  for k in ("checkpoints", "export", "reports", "tensorboard", "metrics"):
+    if k in summary:
+      v = summary[k]
+      lines.append(f"  {k}: " + (", ".join(f"{t}={p}" for t, p in v.items())
+                                 if isinstance(v, dict) else str(v)))
+  return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+  return "n/a" if v is None else f"{v:.3f}"
+
+
+def _spark(values) -> str:
+  bars = "▁▂▃▄▅▆▇█"
+  lo, hi = min(values), max(values)
+  span = (hi - lo) or 1.0
+  return "".join(bars[int((v - lo) / span * (len(bars) - 1))] for v in values)
