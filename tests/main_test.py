@@ -19,7 +19,7 @@ def _main(*args, cwd=ROOT):
 
 def test_demo_smoke_runs_from_any_directory(tmp_path):
   out = _main("--config", str(ROOT / "configs/demo.py"), "--workdir", str(tmp_path / "wd"),
-              "--config.model.dtype=bfloat16", cwd=tmp_path)
+              "--config.model.dtype=bfloat16", "--config.mode=smoke", cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads((tmp_path / "wd/smoke.json").read_text())
   assert report["status"] == "ok" and report["dtype"] == "bfloat16"
