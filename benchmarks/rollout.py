@@ -1,7 +1,7 @@
 """Rollout throughput: our jitted prefill + fan-out + decode loop vs `transformers.generate`.
 
   python benchmarks/rollout.py [--videos 8 --generations 4 --new_tokens 64 --frames 2
-      --text 16 --runs 5]
+      --text 16 --runs 9 --torch_threads 0 --xla_flags=...]
 
 Both run the same tiny random InternVL checkpoint (tests/hf_tiny.py) on the same prompts
 (`videos` prompts, `frames` 56 px frames each, `text` text tokens either side), sampling
@@ -11,7 +11,10 @@ ours prefills each prompt once and shares its cache among the G samples. Ours ru
 `rollout.cached_generate` (and, for comparison, `generate_jit`, which pays NNX's graph
 traversal per call); greedy decoding is timed too. Runs are interleaved in one process;
 rates are medians over `runs`; our compile time (first call minus the median) is reported
-apart. Prints one JSON object.
+apart. ``--xla_flags`` is appended to XLA_FLAGS before JAX starts and echoed in the
+output (none by default: `--xla_cpu_multi_thread_eigen=false`, and YNNPACK fusion
+types other than the default, measured no faster on a 2-core CPU). Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]  # run from a checkout, installed or not
 
 _VIDEOS = flags.DEFINE_integer("videos", 8, "prompts (videos) per batch")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "completions per prompt (G)")
@@ -36,14 +40,22 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per compl
 _FRAMES = flags.DEFINE_integer("frames", 2, "56 px frames per video (4 visual tokens each)")
 _TEXT = flags.DEFINE_integer("text", 16, "text tokens before and after the frames")
 _TOP_K = flags.DEFINE_integer("top_k", 50, "top-k of both samplers")
-_RUNS = flags.DEFINE_integer("runs", 5, "timed runs of each")
+_RUNS = flags.DEFINE_integer("runs", 9, "timed runs of each")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch intra-op threads (0: torch's default); 1 keeps transformers "
+    "from collapsing when other processes load the CPU")
+_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts")
 
 
 def main(_):
+  if _XLA_FLAGS.value:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
   import jax
   import torch
   from hf_tiny import make_hf_checkpoint, video_batch
   from vqathinker_jax import model, rollout
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
 
   B, G, C = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value
   path = pathlib.Path(tempfile.mkdtemp(prefix="rollout_bench_"))
@@ -100,7 +112,7 @@ def main(_):
       "sampling": {"temperature": 1.0, "top_k": _TOP_K.value},
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
       "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-      "runs": _RUNS.value,
+      "runs": _RUNS.value, "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   for name in contenders:
     report[name] = {"tokens_per_s": round(tokens / med[name], 1),

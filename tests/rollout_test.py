@@ -213,3 +213,34 @@ def test_sample_filters_match_their_distributions():
   np.testing.assert_allclose(freq(top_p=0.69), [0, 0.3 / 0.7, 0, 0.4 / 0.7, 0], atol=0.01)
   np.testing.assert_allclose(freq(top_p=0.75, top_k=4), kept / kept.sum(), atol=0.01)
   np.testing.assert_allclose(freq(temperature=0.5), p_V ** 2 / (p_V ** 2).sum(), atol=0.01)
+
+
+def test_top_k_top_p_masks_are_exact():
+  """The threshold searches against sorting, on rows with ties at the threshold, -inf,
+  +inf, signed zeros and values over many orders of magnitude: ties are kept (as
+  transformers' `scores < topk[..., -1]`)."""
+  rng = np.random.default_rng(0)
+  rows = {
+      "normal": rng.normal(size=(16, 512)),
+      "ties": rng.integers(0, 8, size=(16, 512)),
+      "bf16": np.asarray(jnp.asarray(rng.normal(size=(16, 512)), jnp.bfloat16), np.float32),
+      "neg_inf": np.where(rng.random((16, 512)) < 0.95, -np.inf, rng.normal(size=(16, 512))),
+      "pos_inf": np.where(rng.random((16, 512)) < 0.05, np.inf, rng.normal(size=(16, 512))),
+      "signed_zeros": np.where(rng.random((16, 512)) < 0.5, -0.0, 0.0),
+      "wide": rng.normal(size=(16, 512)) * 10.0 ** rng.integers(-30, 30, size=(16, 512)),
+  }
+  top_k = jax.jit(rollout._top_k_mask, static_argnums=1)
+  top_p = jax.jit(rollout._top_p_mask, static_argnums=1)
+  for name, x in rows.items():
+    x = x.astype(np.float32)
+    for k in (1, 2, 50, 511):
+      want = x >= -np.sort(-x, axis=-1)[:, k - 1:k]
+      np.testing.assert_array_equal(top_k(x, k), want, err_msg=f"{name} k={k}")
+    if name in ("normal", "ties", "bf16", "neg_inf"):
+      p = np.asarray(jax.nn.softmax(2.0 * x, axis=-1))
+      for q in (1e-6, 0.5, 0.95):
+        want = np.zeros_like(p, bool)
+        for i, row in enumerate(p):  # the largest row value t with mass(p >= t) >= q
+          t = max(v for v in np.unique(row) if row[row >= v].sum(dtype=np.float32) >= q)
+          want[i] = row >= t
+        np.testing.assert_array_equal(top_p(p, q), want, err_msg=f"{name} top_p={q}")

@@ -48,49 +48,85 @@ def _batch_is_sharded() -> bool:
   return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in sharding.BATCH_AXES)
 
 
-def _radix_threshold(key_NV: jax.Array, enough, final=None) -> jax.Array:
-  """The largest int32 ``c`` [N, 1] with ``enough(key_NV >= c)``, for a predicate that is
-  monotone in ``c``: compare-and-reduce passes, bit by bit from the sign down (at most
-  32), stopping early once ``final(key_NV >= c)`` holds on every row. Exact, and no
-  sort: XLA's CPU TopK is ~10x slower than this at V = 512."""
-  lo_N1 = jnp.where(enough(key_NV >= 0), 0, jnp.iinfo(jnp.int32).min).astype(jnp.int32)
-  if final is None or _batch_is_sharded():
-    # No early exit on a split batch: "every row" would cost an all-reduce per pass.
-    final = lambda keep_NV: jnp.zeros(keep_NV.shape[:1] + (1,), bool)
+def _key(x):
+  """float32 -> int32 with the same order (-0.0 just below +0.0)."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _unkey(k):
+  return jax.lax.bitcast_convert_type(k ^ ((k >> 31) & 0x7FFFFFFF), jnp.float32)
+
+
+_FLOAT_STEPS = 24  # value midpoints before falling back to halving the int32 key range
+
+
+def _threshold(x_NV: jax.Array, enough, exact=None) -> jax.Array:
+  """The largest ``t`` [N, 1] with ``enough(x_NV >= t)``, for a predicate monotone in
+  ``t`` that holds at the row minimum (where ``x_NV >= t`` keeps everything).
+
+  Bisects [lo, hi), ``enough(x >= lo)`` and not ``enough(x >= hi)``, until lo and hi
+  are adjacent floats (then lo is a value of the row, the answer) or ``exact(x >= mid)``
+  says the mask cannot change any more (e.g. exactly k kept). Midpoints are taken on
+  values, which isolate the k-th logit in ~15 compare-and-reduce passes where
+  bit-by-bit needs ~20 (the exponent bits too); after `_FLOAT_STEPS`, at infinities,
+  and on a split batch, the order-preserving int32 key range is halved instead, so it
+  always ends (<= 32 passes from there). No sort: XLA's CPU TopK on [32, 512] is ~20x
+  slower than the whole search.
+  """
+  lo_N1 = jnp.min(x_NV, axis=-1, keepdims=True)
+  hi_N1 = jnp.max(x_NV, axis=-1, keepdims=True)
+  top_N1 = enough(x_NV >= hi_N1)  # the maxima alone are enough (top-k 1, top-p -> 0)
+  lo_N1 = jnp.where(top_N1, hi_N1, lo_N1)
+  sharded = _batch_is_sharded()
+  float_steps = 0 if sharded else _FLOAT_STEPS
+
+  def halves(lo_N1, hi_N1):
+    """The int32-key midpoint and whether lo and hi are adjacent (nothing between)."""
+    lo_k, hi_k = _key(lo_N1), _key(hi_N1)
+    half_k = (jax.lax.bitcast_convert_type(hi_k - lo_k, jnp.uint32) >> 1).astype(jnp.int32)
+    return _unkey(lo_k + half_k), half_k == 0
 
   def cond(carry):
-    bit, _, final_N1 = carry
-    return (bit >= 0) & ~jnp.all(final_N1)
+    step, _, _, done_N1 = carry
+    if sharded:  # no early exit on a split batch: "every row" would cost an all-reduce
+      return step < 32
+    return ~jnp.all(done_N1)
 
-  def set_bit(carry):
-    bit, prefix_N1, final_N1 = carry
-    cand_N1 = prefix_N1 + (jnp.int32(1) << bit)  # never overflows: bits 30..0
-    keep_NV = key_NV >= cand_N1
-    take_N1 = enough(keep_NV) & ~final_N1
-    return (bit - 1, jnp.where(take_N1, cand_N1, prefix_N1),
-            final_N1 | (take_N1 & final(keep_NV)))
+  def body(carry):
+    step, lo_N1, hi_N1, done_N1 = carry
+    mid_N1 = lo_N1 * 0.5 + hi_N1 * 0.5  # no overflow; nan or inf at infinities
+    int_mid_N1, _ = halves(lo_N1, hi_N1)
+    by_value = (step < float_steps) & (mid_N1 > lo_N1) & (mid_N1 < hi_N1)
+    mid_N1 = jnp.where(by_value, mid_N1, int_mid_N1)
+    keep_NV = x_NV >= mid_N1
+    up_N1 = enough(keep_NV)
+    lo_N1 = jnp.where(done_N1 | ~up_N1, lo_N1, mid_N1)
+    hi_N1 = jnp.where(done_N1 | up_N1, hi_N1, mid_N1)
+    hit_N1 = False if exact is None else up_N1 & exact(keep_NV)
+    return step + 1, lo_N1, hi_N1, done_N1 | hit_N1 | halves(lo_N1, hi_N1)[1]
 
-  _, prefix_N1, _ = jax.lax.while_loop(
-      cond, set_bit, (jnp.int32(30), lo_N1, final(key_NV >= lo_N1)))
-  return prefix_N1
+  done_N1 = top_N1 | halves(lo_N1, hi_N1)[1]
+  _, lo_N1, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), lo_N1, hi_N1, done_N1))
+  return lo_N1
 
 
 def _top_k_mask(x_NV: jax.Array, k: int) -> jax.Array:
   """x >= the k-th largest value of its row (ties kept, as transformers' top-k)."""
-  bits = jax.lax.bitcast_convert_type(x_NV.astype(jnp.float32), jnp.int32)
-  key_NV = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
-  count_N1 = lambda keep_NV: jnp.sum(keep_NV.astype(jnp.int32), -1, keepdims=True)
-  # Once exactly k pass, lower bits cannot change the set: stop (~half the passes).
-  return key_NV >= _radix_threshold(key_NV, lambda keep: count_N1(keep) >= k,
-                                    lambda keep: count_N1(keep) == k)
+  x_NV = x_NV.astype(jnp.float32)
+  # Counted in float32 (exact below 2^24 entries): XLA's CPU backend runs a float sum as
+  # one library reduction, an int sum as three ops, ~1.5x slower over the search.
+  count_N1 = lambda keep_NV: jnp.sum(keep_NV.astype(jnp.float32), -1, keepdims=True)
+  # Once exactly k pass, no other threshold can keep a different set: stop.
+  return x_NV >= _threshold(x_NV, lambda keep: count_N1(keep) >= k,
+                            lambda keep: count_N1(keep) == k)
 
 
 def _top_p_mask(probs_NV: jax.Array, top_p: float) -> jax.Array:
   """The most probable tokens whose mass reaches ``top_p``: p >= the largest t with
   mass(p >= t) >= top_p (transformers' nucleus, ties kept)."""
-  key_NV = jax.lax.bitcast_convert_type(probs_NV, jnp.int32)  # p >= 0: order-preserving
   mass = lambda keep_NV: jnp.sum(jnp.where(keep_NV, probs_NV, 0.0), -1, keepdims=True) >= top_p
-  return key_NV >= _radix_threshold(key_NV, mass)
+  return probs_NV >= _threshold(probs_NV, mass)
 
 
 def _cumsum(x_NL: jax.Array) -> jax.Array:
@@ -142,20 +178,29 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
   logits_NV = logits_NV.astype(jnp.float32)
   if greedy:
     scaled_NV = logits_NV
-    tokens_N = _first_argmax(logits_NV)
   else:
     scaled_NV = logits_NV / jnp.maximum(jnp.asarray(temperature, jnp.float32),
                                         _MIN_TEMPERATURE)
+  # One exp over [N, V] serves both the log-probs and the sampling weights (exp is the
+  # costliest elementwise op of the step on CPU).
+  max_N1 = jnp.max(scaled_NV, axis=-1, keepdims=True)
+  exp_NV = jnp.exp(scaled_NV - max_N1)
+  log_z_N = jnp.log(jnp.sum(exp_NV, axis=-1))
+  if greedy:
+    tokens_N = _first_argmax(logits_NV)
+  else:
     V = scaled_NV.shape[-1]
-    kept_NV = scaled_NV
+    # Unnormalised softmax of the kept logits (the max is always kept, so the shift by
+    # the full row's max is the one softmax would take).
+    probs_NV = exp_NV
     if 0 < top_k < V:
-      kept_NV = jnp.where(_top_k_mask(scaled_NV, top_k), scaled_NV, -jnp.inf)
-    probs_NV = jax.nn.softmax(kept_NV, axis=-1)
+      probs_NV = jnp.where(_top_k_mask(scaled_NV, top_k), probs_NV, 0.0)
     if top_p < 1.0:
+      probs_NV = probs_NV / jnp.sum(probs_NV, axis=-1, keepdims=True)
       probs_NV = jnp.where(_top_p_mask(probs_NV, top_p), probs_NV, 0.0)
     tokens_N = _inverse_cdf(probs_NV, key)
-  logp_NV = jax.nn.log_softmax(scaled_NV, axis=-1)
-  return tokens_N, jnp.take_along_axis(logp_NV, tokens_N[:, None], axis=-1)[:, 0]
+  chosen_N = jnp.take_along_axis(scaled_NV - max_N1, tokens_N[:, None], axis=-1)[:, 0]
+  return tokens_N, chosen_N - log_z_N
 
 
 def _groups(x_N, B: int):
