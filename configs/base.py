@@ -71,12 +71,14 @@ def get_config() -> ml_collections.ConfigDict:
   sy.height = 64  # rendered clip height (even)
   sy.width = 96  # rendered clip width (even)
   sy.seed = 0  # rendering seed
+  sy.scenes = 0  # distinct scenes (clip i shows scene i % scenes; 0 = one per clip)
+  sy.distortions = ""  # kinds a clip may get, comma-separated (synthetic.WEIGHTS; "" = all eight)
   sy.test_fraction = 0.25  # held-out share (by id hash) for evaluation
 
   c.sft = f = ml_collections.ConfigDict()  # supervised warm-start on templated answers
   f.steps = 0  # SFT optimiser steps before GRPO (0: none, e.g. from a trained checkpoint)
   f.batch_size = 8  # videos per SFT step
-  f.lr = 1e-4  # constant learning rate (AdamW, grad-clip train.optimizer.max_grad_norm)
+  f.lr = 1e-4  # peak learning rate, cosine decay to 0 over sft.steps (AdamW, grad clip as GRPO)
   f.think = "The video looks {quality}."  # target reasoning; {quality} = a word for the MOS band
 
   c.grpo = g = ml_collections.ConfigDict()  # the GRPO update (TRL GRPOConfig names)

@@ -44,11 +44,13 @@ def mos(levels, rng=None):
   return float(np.clip(score, 1.0, 5.0))
 
 
-def draw_levels(rng):
-  """0..MAX_ACTIVE distinct distortions, each at level 1..3; the rest 0."""
-  names = list(WEIGHTS)
-  active = rng.choice(len(names), int(rng.integers(MAX_ACTIVE + 1)), replace=False)
-  levels = dict.fromkeys(names, 0)
+def draw_levels(rng, distortions=None):
+  """0..MAX_ACTIVE distinct distortions of `distortions` (default: all), each at level
+  1..3; the rest 0."""
+  names = list(WEIGHTS if distortions is None else distortions)
+  active = rng.choice(len(names), int(rng.integers(min(MAX_ACTIVE, len(names)) + 1)),
+                      replace=False)
+  levels = dict.fromkeys(WEIGHTS, 0)
   for i in active:
     levels[names[i]] = int(rng.integers(1, LEVELS))
   return levels
@@ -132,10 +134,14 @@ def encode(path, frames_TxHxWx3, crf=16, fps=24, pix_fmt="yuv420p", gop=None):
 
 def make_clip(args):
   """Renders, distorts and encodes clip `index` -> (video_id, mos, levels). Deterministic."""
-  videos_dir, index, seed, num_frames, height, width, fps = args
+  videos_dir, index, seed, num_frames, height, width, fps, distortions, scenes = args
   rng = np.random.default_rng([seed, index])
-  levels = draw_levels(rng)
-  frames = render(timeline(levels, num_frames, rng), height, width, rng)
+  levels = draw_levels(rng, distortions)
+  time_T = timeline(levels, num_frames, rng)
+  # `scenes` > 0: clip i shows scene i % scenes (its own content draws), so the quality
+  # differences are all the set varies in; 0: every clip its own scene.
+  scene_rng = np.random.default_rng([seed, index % scenes, 1 << 20]) if scenes else rng
+  frames = render(time_T, height, width, scene_rng)
   video_id = f"synthetic_{index:05d}.mp4"
   encode(os.path.join(videos_dir, video_id), distort(frames, levels, rng),
          CRF[levels["compression"]], fps)
@@ -143,16 +149,27 @@ def make_clip(args):
 
 
 def generate(out_dir, num_videos=48, seed=0, num_frames=24, height=64, width=96, fps=24,
-             workers=0):
+             workers=0, distortions=None, scenes=0):
   """Writes out_dir/videos/*.mp4, out_dir/labels.json and out_dir/distortions.json.
 
-  Returns (labels_path, videos_dir), ready for builder.build("synthetic", ...).
+  `distortions`: the kinds a clip may get (names of WEIGHTS; None: all), e.g. the ones a
+  tiny model can see at low resolution; `scenes` > 0 renders only that many distinct
+  scenes (clip i shows scene i % scenes), 0 one per clip. Returns (labels_path, videos_dir), ready for
+  builder.build("synthetic", ...).
   """
   if num_videos < 1 or num_frames < 1:
     raise ValueError(f"need num_videos >= 1 and num_frames >= 1, got {num_videos}, {num_frames}")
+  if distortions is not None:
+    distortions = tuple(distortions)
+    unknown = sorted(set(distortions) - set(WEIGHTS))
+    if unknown or not distortions:
+      raise ValueError(f"distortions {unknown or '(none)'} not among {sorted(WEIGHTS)}")
   videos_dir = os.path.join(out_dir, "videos")
   os.makedirs(videos_dir, exist_ok=True)
-  jobs = [(videos_dir, i, seed, num_frames, height, width, fps) for i in range(num_videos)]
+  if scenes < 0:
+    raise ValueError(f"scenes must be >= 0, got {scenes}")
+  jobs = [(videos_dir, i, seed, num_frames, height, width, fps, distortions, scenes)
+          for i in range(num_videos)]
   if workers > 0:
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
       clips = pool.map(make_clip, jobs)

@@ -69,3 +69,26 @@ def test_distortions_change_the_pixels_as_graded():
   held = synthetic.timeline(dict(clean, stutter=3), 24, np.random.default_rng(2))
   skipped = synthetic.timeline(dict(clean, frame_drop=3), 24, np.random.default_rng(2))
   assert (np.diff(held) == 0).sum() == 9 and (np.diff(skipped) == 3).sum() >= 8
+
+
+def test_distortion_subset_and_shared_scenes(tmp_path):
+  kinds = ("noise", "blur")
+  labels, videos = synthetic.generate(str(tmp_path / "s"), num_videos=8, seed=3, num_frames=8,
+                                      distortions=kinds, scenes=2)
+  levels = json.load(open(os.path.join(tmp_path, "s", "distortions.json")))
+  assert all(v == 0 for lv in levels.values() for k, v in lv.items() if k not in kinds)
+  assert any(v > 0 for lv in levels.values() for v in lv.values())
+  clean = [v for v, lv in levels.items() if not any(lv.values())]
+  # Clips i and i + 2 show the same scene: two undistorted ones decode alike, and the
+  # default (every clip its own scene) still gives the clips of the full generator.
+  frames = {v: decode.decode(os.path.join(videos, v), 4, 32).frames_TxHxWx3.astype(float)
+            for v in levels}
+  same = [(a, b) for a in clean for b in clean
+          if a < b and (int(a[10:15]) - int(b[10:15])) % 2 == 0]
+  assert same, "seed 3 should give two clean clips of one scene"
+  for a, b in same:
+    assert np.abs(frames[a] - frames[b]).mean() < 2.0
+  assert synthetic.draw_levels(np.random.default_rng(0)) == synthetic.draw_levels(
+      np.random.default_rng(0), tuple(synthetic.WEIGHTS))
+  with pytest.raises(ValueError, match="sharpness"):
+    synthetic.generate(str(tmp_path / "x"), num_videos=1, distortions=("sharpness",))

@@ -281,7 +281,15 @@ def _check_values(c: _Checker) -> None:
             f"{', '.join(perturb.MODES)} (comma-separated; '' = all)")
 
   s = "data.synthetic."
+  kinds = c.str_(s + "distortions")
+  if kinds:
+    from data_pipelines import synthetic
+    unknown = [k for k in (x.strip() for x in kinds.split(",")) if k not in synthetic.WEIGHTS]
+    if unknown:
+      c.bad(s + "distortions", f"unknown kinds {unknown}; choose from "
+            f"{', '.join(synthetic.WEIGHTS)} (comma-separated; '' = all)")
   c.at_least(s + "num_videos", 1)
+  c.at_least(s + "scenes", 0, "0: one scene per clip")
   c.at_least(s + "num_frames", 1)
   for f in ("height", "width"):
     v = c.int_(s + f)

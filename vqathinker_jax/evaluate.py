@@ -61,7 +61,8 @@ def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 
   data_dir = data_dir_of(config, workdir)
   root = data_dir.parent / "synthetic_videos"
   settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
-                  height=s.height, width=s.width)
+                  height=s.height, width=s.width, scenes=s.scenes,
+                  distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
 
   def make():
     marker = root / "render.json"

@@ -42,7 +42,8 @@ def main(argv):
     config_check.validate(config, num_devices=jax.device_count())
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
-  if jax.process_index() != 0:
+  if jax.process_index() != 0 or not flags.FLAGS["verbosity"].present:
+    # Orbax and Grain log every save and read at INFO; `-v 0` brings them back.
     logging.set_verbosity(logging.WARNING)
   if config.mode == "train":
     from vqathinker_jax import train_log, trainer

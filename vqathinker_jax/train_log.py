@@ -131,8 +131,9 @@ def render_summary(summary: dict) -> str:
                    f"parse failures {_fmt(m.get('parse_failure_rate'))}")
   curve = summary.get("reward_curve") or []
   if curve:
-    lines.append(f"  mean reward per GRPO step: first {_fmt(summary['reward_first'])} -> last "
-                 f"{_fmt(summary['reward_last'])}  {_spark(curve)}")
+    lines.append(f"  mean reward per GRPO step: first quarter {_fmt(summary['reward_first'])} -> "
+                 f"last quarter {_fmt(summary['reward_last'])}")
+    lines.append(f"    {_spark(_bins(curve, 60))}")
   for phase, t in summary.get("timing", {}).items():
     lines.append(f"  {phase}: compile {t['compile_s']} s, median step {t['median_step_s']} s "
                  f"(p90 {t['p90_step_s']} s) over {t['steps']} logged steps")
@@ -146,6 +147,12 @@ def render_summary(summary: dict) -> str:
 
 def _fmt(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
+
+
+def _bins(values, n: int) -> list[float]:
+  """Means of up to n consecutive, equal slices (a curve that fits a line)."""
+  edges = np.linspace(0, len(values), min(n, len(values)) + 1).astype(int)
+  return [float(np.mean(values[a:b])) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _spark(values) -> str:
