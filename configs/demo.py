@@ -27,7 +27,7 @@ def get_config():
   # need more model and more data than a CPU demo has (see README).
   c.data.synthetic.update(enabled=True, num_videos=960, num_frames=24, height=64, width=96,
                           scenes=4, distortions="exposure,colour_cast,noise,blur")
-  c.sft.update(steps=2500, batch_size=8, lr=1e-3)
+  c.sft.update(steps=2500, batch_size=8, lr=2e-3)
   c.grpo.update(num_generations=4, max_completion_length=24, logprob_chunk=64)
   c.train.update(batch_size=8, num_steps=150, checkpoint_every=50, eval_every=0)
   c.train.optimizer.update(lr=2e-4, schedule="constant")
