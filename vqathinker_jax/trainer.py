@@ -25,16 +25,13 @@ import optax
 from flax import nnx
 
 from data_pipelines import perturb, pipeline
-from vqathinker_jax import (checkpointing, demo_tokenizer, evaluate, grpo, rewards, sft, sharding,
-                            smoke, tokenizer as tok_lib, train_log)
-
-IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
-
+from vqathinker_jax import (checkpointing, demo_tokenizer, evaluate, grpo, predict, rewards, sft,
+                            sharding, smoke, tokenizer as tok_lib, train_log)
 
 def normalize(frames_BTHWC):
-  """uint8 RGB -> ImageNet-normalised float32, on device (a quarter of the bytes to move)."""
-  return (frames_BTHWC.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD
+  """uint8 RGB -> ImageNet-normalised float32 as `predict.normalize`, but on device (a
+  quarter of the bytes to move)."""
+  return (frames_BTHWC.astype(jnp.float32) - predict.IMAGENET_MEAN) / predict.IMAGENET_STD
 
 
 def schedule(o, total_steps: int) -> optax.Schedule:
@@ -129,13 +126,8 @@ def _replicated(x, mesh):
 
 
 def _sft_state(model, tx):
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = grpo.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                          opt_state=tx.init(params), ref_params=None,
-                          skipped=jnp.zeros((), jnp.int32))
-  mesh = jax.tree.leaves(params)[0].sharding.mesh
-  on_mesh = lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else _replicated(x, mesh)
-  return graphdef, jax.tree.map(on_mesh, state)
+  """GRPO's TrainState without a reference model (the same layout, checkpoints alike)."""
+  return grpo.init_state(model, tx, grpo.GRPOConfig(beta=0.0))
 
 
 def _load_eval(workdir, tag) -> dict:
