@@ -34,6 +34,8 @@ import numpy as np
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]  # run from a checkout, installed or not
 
+import _timing  # noqa: E402  (benchmarks/, beside this file)
+
 _VIDEOS = flags.DEFINE_integer("videos", 8, "prompts (videos) per batch")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "completions per prompt (G)")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per completion")
@@ -92,17 +94,13 @@ def main(_):
   contenders = {"ours_sample": ours_fn(False, True), "hf_sample": hf_fn(False),
                 "ours_sample_generate_jit": ours_fn(False, False),
                 "ours_greedy": ours_fn(True, True), "hf_greedy": hf_fn(True)}
-  first_s, times = {}, {name: [] for name in contenders}
-  for name, fn in contenders.items():  # compile / warm up
+  first_s = {}
+  for name, fn in contenders.items():  # compile, and check shapes before timing
     start = time.perf_counter()
     out = fn(0)
     first_s[name] = time.perf_counter() - start
     assert tuple(out.shape) == (B * G, C), (name, out.shape)
-  for r in range(_RUNS.value):  # interleaved, so load changes hit every contender
-    for name, fn in contenders.items():
-      start = time.perf_counter()
-      fn(r + 1)
-      times[name].append(time.perf_counter() - start)
+  _, times = _timing.interleaved(contenders, _RUNS.value)
 
   tokens = B * G * C
   med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -110,14 +108,10 @@ def main(_):
       "batch": {"videos": B, "generations": G, "new_tokens": C, "prompt_tokens": ids.shape[1],
                 "frames_per_video": _FRAMES.value, "generated_tokens": tokens},
       "sampling": {"temperature": 1.0, "top_k": _TOP_K.value},
-      "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-      "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-      "runs": _RUNS.value, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      **_timing.environment(), "torch_threads": torch.get_num_threads(), "runs": _RUNS.value,
   }
   for name in contenders:
-    report[name] = {"tokens_per_s": round(tokens / med[name], 1),
-                    "median_s": round(med[name], 5),
-                    "runs_s": [round(t, 5) for t in times[name]]}
+    report[name] = {"tokens_per_s": round(tokens / med[name], 1), **_timing.summary(times[name])}
     if name in ("ours_sample", "ours_greedy"):  # generate_jit reuses ours_sample's program
       report[name]["compile_s"] = round(first_s[name] - med[name], 3)
   report["speedup_sample"] = round(med["hf_sample"] / med["ours_sample"], 2)

@@ -1,0 +1,62 @@
+"""Timing scaffolding shared by the benchmark scripts: interleaved runs, medians, the
+machine's description and its measured matmul peak (the denominator of MFU)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+
+def interleaved(contenders: dict[str, Callable[[int], object]], runs: int):
+  """Calls each contender once untimed (compile / warm-up), then ``runs`` times, interleaved
+  so that a change of load hits every contender alike. ``fn(i)`` gets the run index (a seed);
+  it must block until its work is done. Returns (first_s, times_s) by name."""
+  first_s, times = {}, {name: [] for name in contenders}
+  for name, fn in contenders.items():
+    start = time.perf_counter()
+    fn(0)
+    first_s[name] = time.perf_counter() - start
+  for r in range(runs):
+    for name, fn in contenders.items():
+      start = time.perf_counter()
+      fn(r + 1)
+      times[name].append(time.perf_counter() - start)
+  return first_s, times
+
+
+def summary(times_s: list[float], digits: int = 5) -> dict:
+  """Median and the individual runs, rounded."""
+  return {"median_s": round(statistics.median(times_s), digits),
+          "runs_s": [round(t, digits) for t in times_s]}
+
+
+def environment() -> dict:
+  """What the figures were measured on: date, host CPU count and load, JAX's device."""
+  import jax
+  dev = jax.devices()[0]
+  return {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
+          "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+          "jax": jax.__version__, "platform": dev.platform, "device": str(dev.device_kind),
+          "device_count": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def matmul_peak_flops(n: int = 2048, dtype=None, runs: int = 7) -> float:
+  """Measured FLOP/s of a square matmul on the default device (median of ``runs``): the
+  denominator of model FLOPs utilisation, measured in the same run as the model."""
+  import jax
+  import jax.numpy as jnp
+  dtype = dtype or jnp.float32
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  ts = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    f(a, b).block_until_ready()
+    ts.append(time.perf_counter() - start)
+  return 2 * n ** 3 / statistics.median(ts)
