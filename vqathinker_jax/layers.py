@@ -2,7 +2,9 @@
 
 Every parameter carries logical axis names (``out_sharding`` metadata); placement on
 a mesh is decided by `sharding.py`, never here. Kernels are stored ``[in, out]``.
-Legend: B batch, T tokens, D width, I in-features, O out-features.
+Legend: B batch, T tokens, D width, I in-features, O out-features; in attention S keys,
+H query / K KV heads (h = H/K), E head dim, and for packed groups P prompt tokens, G
+groups of C tokens, L = P + G*C.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax import struct
 
 INIT_STD = 0.02
 
@@ -90,9 +93,44 @@ def gelu(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=False)
 
 
+@struct.dataclass
+class PrefixGroupMask:
+  """The attention pattern of a packed `[prompt | c_1 | ... | c_G]` row (GRPO's log-prob
+  pass), stated by its structure instead of an [L, L] array: prompt tokens attend
+  causally within the prompt, each completion token to the whole prompt and causally to
+  its own completion, never to another completion. Padding keys (``prompt_valid_BP``
+  False) are masked; a padding query sees itself, so no softmax row is empty.
+
+  `attention` computes just the blocks that can be non-zero (P^2 + G.C.(P + C) scores
+  instead of L^2), so neither the [L, L] mask nor the masked-out scores between
+  completions are ever built.
+  """
+  prompt_valid_BP: jax.Array
+  groups: int = struct.field(pytree_node=False)
+  group_len: int = struct.field(pytree_node=False)
+
+  def dense(self) -> jax.Array:
+    """The same pattern as a boolean [B, L, L] array (reference and tests)."""
+    B, P = self.prompt_valid_BP.shape
+    G, C = self.groups, self.group_len
+    L = P + G * C
+    seg_L = jnp.concatenate([jnp.full((P,), -1), jnp.repeat(jnp.arange(G), C)])
+    is_prompt_L = seg_L < 0
+    key_valid_BL = jnp.concatenate([self.prompt_valid_BP.astype(bool),
+                                    jnp.ones((B, G * C), bool)], axis=1)
+    i, j = jnp.arange(L)[:, None], jnp.arange(L)[None, :]
+    causal_in_segment = (seg_L[:, None] == seg_L[None, :]) & (j <= i)
+    completion_sees_prompt = ~is_prompt_L[:, None] & is_prompt_L[None, :]
+    return (((causal_in_segment | completion_sees_prompt)[None] & key_valid_BL[:, None, :])
+            | (i == j)[None])
+
+
 def attention(q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array,
-              mask_BTS: jax.Array | None, scale: float) -> jax.Array:
-  """Softmax attention with grouped KV heads (H a multiple of K); float32 softmax."""
+              mask_BTS: jax.Array | PrefixGroupMask | None, scale: float) -> jax.Array:
+  """Softmax attention with grouped KV heads (H a multiple of K); float32 softmax.
+  ``mask_BTS``: a boolean [B, T, S] array, a `PrefixGroupMask` (T = S = L), or None."""
+  if isinstance(mask_BTS, PrefixGroupMask):
+    return _prefix_group_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, scale)
   B, T, H, E = q_BTHE.shape
   K = k_BSKE.shape[2]
   q_BTKGE = q_BTHE.reshape(B, T, K, H // K, E)
@@ -104,3 +142,39 @@ def attention(q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array,
   probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKE.dtype)
   out_BTKGE = jnp.einsum("bkgts,bske->btkge", probs_BKGTS, v_BSKE)
   return out_BTKGE.reshape(B, T, H, E)
+
+
+def _prefix_group_attention(q_BLHE, k_BLKE, v_BLKE, m: PrefixGroupMask, scale: float):
+  """`attention` under a `PrefixGroupMask`, block by block: the prompt's causal block,
+  then each completion over [prompt keys | its own keys] with one softmax across both
+  (so the result is that of the dense mask)."""
+  B, L, H, E = q_BLHE.shape
+  K = k_BLKE.shape[2]
+  h, (P, G, C) = H // K, (m.prompt_valid_BP.shape[1], m.groups, m.group_len)
+  assert L == P + G * C, (L, P, G, C)
+  neg = jnp.finfo(jnp.float32).min
+  f32 = dict(preferred_element_type=jnp.float32)
+  valid_BP = m.prompt_valid_BP.astype(bool)
+  q_BLKhE = q_BLHE.reshape(B, L, K, h, E)
+  q_BPKhE, q_BGCKhE = q_BLKhE[:, :P], q_BLKhE[:, P:].reshape(B, G, C, K, h, E)
+  k_BPKE, v_BPKE = k_BLKE[:, :P], v_BLKE[:, :P]
+  k_BGCKE = k_BLKE[:, P:].reshape(B, G, C, K, E)
+  v_BGCKE = v_BLKE[:, P:].reshape(B, G, C, K, E)
+
+  i, j = jnp.arange(P)[:, None], jnp.arange(P)[None, :]
+  mask_BPP = ((j <= i)[None] & valid_BP[:, None, :]) | (i == j)[None]
+  s_BKhPP = jnp.einsum("bpkhe,bske->bkhps", q_BPKhE, k_BPKE, **f32) * scale
+  s_BKhPP = jnp.where(mask_BPP[:, None, None], s_BKhPP, neg)
+  p_BKhPP = jax.nn.softmax(s_BKhPP, axis=-1).astype(v_BLKE.dtype)
+  out_BPKhE = jnp.einsum("bkhps,bske->bpkhe", p_BKhPP, v_BPKE)
+
+  s_BKhGCP = jnp.einsum("bgckhe,bpke->bkhgcp", q_BGCKhE, k_BPKE, **f32) * scale
+  s_BKhGCP = jnp.where(valid_BP[:, None, None, None, None], s_BKhGCP, neg)
+  s_BKhGCC = jnp.einsum("bgckhe,bgske->bkhgcs", q_BGCKhE, k_BGCKE, **f32) * scale
+  s_BKhGCC = jnp.where(jnp.tril(jnp.ones((C, C), bool)), s_BKhGCC, neg)
+  p_BKhGCS = jax.nn.softmax(jnp.concatenate([s_BKhGCP, s_BKhGCC], -1), axis=-1)
+  p_BKhGCS = p_BKhGCS.astype(v_BLKE.dtype)
+  out_BGCKhE = (jnp.einsum("bkhgcp,bpke->bgckhe", p_BKhGCS[..., :P], v_BPKE)
+                + jnp.einsum("bkhgcs,bgske->bgckhe", p_BKhGCS[..., P:], v_BGCKE))
+  return jnp.concatenate([out_BPKhE.reshape(B, P, H, E),
+                          out_BGCKhE.reshape(B, G * C, H, E)], axis=1)

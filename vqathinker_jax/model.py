@@ -127,8 +127,9 @@ class InternVL(nnx.Module):
 
   def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
                     train: bool = False, slots_BT=None) -> jax.Array:
-    """Final-normed decoder states [B, T, D] for explicit positions and a [B, T, T]
-    attention mask (packed, block-masked sequences); the LM head is left to the caller."""
+    """Final-normed decoder states [B, T, D] for explicit positions and an attention
+    mask, [B, T, T] or a `layers.PrefixGroupMask` (packed GRPO rows); the LM head is left
+    to the caller."""
     x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT)
     h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS)
     return sharding.constrain_batch(h_BTD)
