@@ -2,6 +2,7 @@
 GRPO step on the 8 fake CPU devices (per-device memory, update FLOPs)."""
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -39,8 +40,22 @@ def setup(c):
   return dataclasses.replace(s, prompt=P_TEXT + s.frames * s.model.tokens_per_frame(s.size))
 
 
-def compiled(s: plan_lib.Setup, c, whole_step=True):
-  """XLA's compiled GRPO step (or the update alone) for the setting ``s``."""
+def zeros_model(mc, mesh):
+  """A model of zeros, placed as `model.init` places it: XLA's buffers do not depend on the
+  values, and the random init would compile a program of its own (~8 s a mesh)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model.InternVL(mc, nnx.Rngs(0))))
+  shardings = sharding.param_shardings(abstract, mesh)
+  zeros = lambda v, sh: v.replace(jax.device_put(np.zeros(v.shape, v.dtype), sh.get_value()))
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  return nnx.merge(graphdef, jax.tree.map(zeros, abstract, shardings, is_leaf=is_var))
+
+
+@functools.cache
+def compiled(name: str, whole_step=True):
+  """(setting, XLA's compiled GRPO step or the update alone, its state) for a case; each
+  program compiles once and serves every assertion on it."""
+  c = demo_config(**CASES[name])
+  s = setup(c)
   mc, B, G, C, T, S, P = (s.model, s.batch, s.num_generations, s.completion, s.frames, s.size,
                           s.prompt)
   mesh = sharding.make_mesh(dict(c.mesh))
@@ -49,7 +64,7 @@ def compiled(s: plan_lib.Setup, c, whole_step=True):
                         micro_batch_size=s.micro_batch, num_iterations=s.num_iterations,
                         logprob_micro_batch_size=s.logprob_micro_batch)
   tx = grpo.make_optimizer(1e-3)
-  graphdef, state = grpo.init_state(model.init(mc, seed=0, mesh=mesh), tx, cfg)
+  graphdef, state = grpo.init_state(zeros_model(mc, mesh), tx, cfg)
   ids = np.random.default_rng(0).integers(6, 500, (B, P)).astype(np.int32)
   ids[:, 10:10 + T * mc.tokens_per_frame(S)] = mc.image_token_id
   batch = dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.ones((B, P), jnp.int32),
@@ -59,15 +74,19 @@ def compiled(s: plan_lib.Setup, c, whole_step=True):
     total = mask_NC.astype(jnp.float32).sum(1)
     return dict(total=total, advantage=rewards.group_advantages(total, G, 1e-4))
 
+  # The programs never run: LLVM's optimisations would only cost time (a third of it); the
+  # HLO passes and buffer assignment, all this file reads, do not depend on them.
+  fast = dict(compiler_options={"xla_backend_optimization_level": 0})
   with jax.set_mesh(mesh):
     if whole_step:
       batch.update(labels=jnp.ones((B,), jnp.float32),
                    perturb_idx=jnp.zeros((B, G, T), jnp.int32), blank=jnp.zeros((B, G, T), bool))
       step = grpo.make_train_step(graphdef, state, tx, cfg, reward)
-      return step.lower(state, batch, jax.random.key(0)).compile(), state
+      return s, step.lower(state, batch, jax.random.key(0)).compile(**fast), state
     batch.update(completions=jnp.zeros((B, G, C), jnp.int32),
                  completion_mask=jnp.ones((B, G, C), jnp.int32), advantages=jnp.zeros((B, G)))
-    return grpo.make_update_step(graphdef, state, tx, cfg).lower(state, batch).compile(), state
+    step = grpo.make_update_step(graphdef, state, tx, cfg)
+    return s, step.lower(state, batch).compile(**fast), state
 
 
 def test_prompt_tokens_formula():
@@ -115,17 +134,24 @@ CASES = {
     "frames3": {"data.frames": 3},
     "batch16": {"train.batch_size": 16},
     "data2_fsdp4": {"mesh.data": 2, "mesh.fsdp": 4},
+    # XLA runs the reference pass after the policy's forward (tensor=2) or in lockstep with
+    # it (short completions), so its working set lands on top of every saved activation (the
+    # first formulas left it out: -21 % and -10 %, when the packed attention was dense).
+    "tensor2": {"mesh.tensor": 2},
+    "completion8": {"grpo.max_completion_length": 8},
+    # The FLOPs check: one LM-head chunk and one micro-batch, so that every loop of the
+    # update runs once (XLA's cost analysis counts a loop body once, whatever its trip count).
+    "one_chunk": {"grpo.logprob_chunk": 96},
 }
+MEMORY_CASES = [name for name in CASES if name != "one_chunk"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", MEMORY_CASES)
 def test_memory_within_10_percent_of_xla(name):
   """Per device: XLA's arguments (the donated state and the batch) against the planner's
   state + inputs, and XLA's temporaries against the planner's transient peak (outputs alias
   the donated state: only the metrics are new)."""
-  c = demo_config(**CASES[name])
-  s = setup(c)
-  exe, state = compiled(s, c)
+  s, exe, state = compiled(name)
   ma = exe.memory_analysis()
   p = plan_lib.plan(s)
   state_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
@@ -139,17 +165,18 @@ def test_memory_within_10_percent_of_xla(name):
   assert p["total"] == pytest.approx(peak, rel=0.10)
 
 
-def test_update_flops_within_15_percent_of_xla():
-  """One LM-head chunk and one micro-batch, so that every loop of the update runs once (XLA's
-  cost analysis counts a loop body once, whatever its trip count)."""
-  c = demo_config(**{"grpo.logprob_chunk": 96})
-  s = setup(c)
-  exe, _ = compiled(s, c, whole_step=False)
+def test_update_flops_and_memory_within_10_percent_of_xla():
+  """The update alone: FLOPs (old-policy, reference and update passes) against XLA's cost
+  analysis, and its temporaries against the planner's update pass."""
+  s, exe, _ = compiled("one_chunk", whole_step=False)
   cost = exe.cost_analysis()
   cost = cost if isinstance(cost, dict) else cost[0]
   f = plan_lib.step_flops(s)
   per_device = (f["old_logprobs"] + f["reference"] + f["update"]) / s.devices
-  assert per_device == pytest.approx(cost["flops"], rel=0.15)
+  assert per_device == pytest.approx(cost["flops"], rel=0.10)
+  p = plan_lib.plan(s)
+  assert sum(p["update"].values()) == pytest.approx(exe.memory_analysis().temp_size_in_bytes,
+                                                    rel=0.10)
 
 
 def test_cli_prints_text_and_json():

@@ -5,15 +5,19 @@
 
 Memory per device (bytes): the state the step keeps (parameters, AdamW moments, the
 reference copy, frozen weights) and the batch; then the transient peak: the larger of the
-rollout (KV caches) and the update pass (gradients, parameters gathered over `fsdp`, the
-activations saved for the backward pass). FLOPs per step, all devices: rollout prefill +
-decode (and the perturbed rollout when `grpo.temporal`), the old-policy and reference
-log-prob passes, and the update's forward + backward. Matmul FLOPs are 2·m·n·k; attention
-is dense (as `layers.attention` computes it: every query against every key slot, masked).
+rollout (KV caches) and the update pass (gradients, the kernels gathered over `fsdp`, the
+activations saved for the backward pass and, on top of them, the larger of an LM-head chunk's
+backward and a reference-model layer; see `update_activation_bytes`). FLOPs per step, all
+devices: rollout prefill + decode (and the perturbed rollout when `grpo.temporal`), the
+old-policy and reference log-prob passes, and the update's forward + backward. Matmul FLOPs
+are 2·m·n·k; attention counts every score `layers.attention` computes, masked ones
+included: the packed pass scores only the blocks its `PrefixGroupMask` allows
+(P² + G·C·(P + C) pairs per head), a rollout prefill P×P and each decode step every slot
+of its cache.
 
 Legend: B videos, G completions per video, C completion tokens, P prompt tokens,
 L = P + G·C packed tokens, T frames, D/F LLM width/MLP width, H/K query/KV heads,
-E head dim, V vocabulary, Cv/Fv ViT width/MLP width, Np ViT tokens per frame.
+E head dim, V vocabulary, Cv/Fv/Hv ViT width/MLP width/heads, Np ViT tokens per frame.
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ class Setup:
   @property
   def packed(self) -> int:
     return self.prompt + self.num_generations * self.completion
+
+  @property
+  def pairs(self) -> int:
+    """(query, key) pairs per head a packed row scores: the prompt's causal P×P block and
+    each completion token against the prompt and its own completion (never the other
+    completions, `layers.PrefixGroupMask`)."""
+    P, G, C = self.prompt, self.num_generations, self.completion
+    return P * P + G * C * (P + C)
 
 
 def prompt_tokens(frames: int, tokens_per_frame: int, motion: bool) -> int:
@@ -174,25 +186,36 @@ def param_count(mc: ModelConfig) -> dict:
 
 def sharded_param_bytes(mc: ModelConfig, mesh: dict) -> dict:
   """Bytes of one device's shard of the trainable parameters and of the frozen ones, as
-  `sharding.DEFAULT_RULES` place them (from the abstract model: shapes and axis names)."""
+  `sharding.DEFAULT_RULES` place them (from the abstract model: shapes and axis names), and
+  of the matmul kernels the update keeps gathered over `fsdp` (still split over `tensor`):
+  XLA gathers each once and holds it from the forward pass to the backward pass, where the
+  gradient of the kernel's input reads it again. That is every Dense kernel of the decoder
+  layers, ViT blocks, projectors and the LM head (its chunks' rematerialised forward reads
+  the same gather), except the motion projector's first layer (its input, frozen SlowFast
+  features, needs no gradient; nor do the pixels of the patch embedding)."""
   import jax
   from flax import nnx
   from vqathinker_jax import model as model_lib
   from vqathinker_jax.slowfast import FrozenParam
   abstract = nnx.eval_shape(lambda: model_lib.InternVL(mc, nnx.Rngs(0)))
   fake_mesh = types.SimpleNamespace(shape=dict(mesh), axis_names=tuple(mesh))
-  out = dict(trainable=0, frozen=0, trainable_full=0, trainable_gathered=0)
+  out = dict(trainable=0, frozen=0, trainable_full=0, kernels_gathered=0)
   for kind, cls in (("trainable", nnx.Param), ("frozen", FrozenParam)):
-    for var in jax.tree.leaves(nnx.state(abstract, cls), is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    leaves = jax.tree_util.tree_leaves_with_path(
+        nnx.state(abstract, cls), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    for path, var in leaves:
       axes = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
       spec = sharding.logical_to_spec(axes, var.shape, fake_mesh)
       nbytes = math.prod(var.shape) * BYTES[mc.param_dtype]
       split = math.prod(mesh[a] for a in spec if a is not None)
       out[kind] += nbytes // split
-      if kind == "trainable":
-        out["trainable_full"] += nbytes
-        # Gathered over fsdp for the matmuls, still split over tensor.
-        out["trainable_gathered"] += nbytes // (mesh["tensor"] if "tensor" in spec else 1)
+      if kind != "trainable":
+        continue
+      out["trainable_full"] += nbytes
+      names = [str(getattr(k, "key", k)) for k in path]
+      if (names[-1] == "kernel" and "fsdp" in spec and mesh["fsdp"] > 1
+          and names[-3:-1] != ["motion_mlp", "fc1"]):
+        out["kernels_gathered"] += nbytes // (mesh["tensor"] if "tensor" in spec else 1)
   return out
 
 
@@ -250,10 +273,10 @@ def head_flops(t: TextConfig, tokens: int) -> int:
 
 def logprob_pass_flops(s: Setup) -> int:
   """One packed forward over the batch: ViT + mlp1 on T frames, the decoder on L tokens with
-  dense L×L attention, the LM head on the G·C completion tokens."""
+  block-masked attention (`Setup.pairs`), the LM head on the G·C completion tokens."""
   t, L, B = s.model.text, s.packed, s.batch
   per_video = (s.frames * vit_flops_per_frame(s.model, s.size)
-               + L * llm_matmul_flops_per_token(t) + attention_flops(t, L, L)
+               + L * llm_matmul_flops_per_token(t) + attention_flops(t, s.pairs, 1)
                + head_flops(t, s.num_generations * s.completion))
   return B * per_video
 
@@ -298,37 +321,66 @@ def _split(n: int, tp: int) -> float:
 
 
 def update_activation_bytes(s: Setup) -> dict:
-  """Bytes one device holds at the peak of the update's backward pass, for its share of a
-  gradient micro-batch. Counted from what XLA's buffer assignment keeps live (CPU dumps of
-  the tiny configs in tests/plan_test.py): per decoder layer and token, x, norm(x), the mid
-  residual and its norm [D], q/k/v and their head-major copies for the attention dots
-  [2·(H + 2K)·E], the attention output and its copy [2·H·E], gate, up, sigmoid(gate) and the
-  product [4·F]; per layer two [H, L, L] float32 tensors (the masked scores and the
-  probabilities: softmax's backward fusion reads both); for the layer being differentiated
-  its token-wise gradients and one [H, L, L] float32 gradient; the packed block mask. The LM head
-  keeps only its input (chunks are rematerialised) plus one chunk's [K, V] float32 logits,
-  log-probs and their gradient."""
+  """Bytes one device holds in the update for its share of a gradient micro-batch: what the
+  backward pass reads (llm, vit, head) and the working sets that land on top of all of it
+  at the update's peak (head_backward, reference_layer: `plan` takes the larger). Counted
+  from the buffers XLA keeps live at the peak of the compiled step (CPU dumps of the tiny
+  configs in tests/plan_test.py, each buffer traced to its source line). Token-wise tensors
+  are in the compute dtype, except what the code computes in float32 (norm statistics,
+  softmax).
+
+  llm, per decoder layer and token: the two RMSNorms' normalised (f32) and scaled outputs
+  [4·D], the two residual sums [2·D], q and the attention output [2·H·E] (the completion rows
+  of q twice: the dots against the prompt keys and against their own keys each want their
+  layout), k and v [2·K·E], gate, up, sigmoid(gate), silu(gate) and the product [5·F]; per
+  layer the softmax's exponentials and probabilities, float32, for every scored pair
+  (`Setup.pairs`); once per token the token embeddings, the gathered visual tokens, their
+  merge and the final norm's output [4·D]. (No mask is kept: its comparisons fuse into the
+  selects.)
+  vit, per block and token: the two LayerNorms' centred and normalised inputs (f32) and
+  outputs [6·Cv], the two layer-scaled branches (the layer scales' gradients read them),
+  the mid residual and the block's input [4·Cv], head-major q, k, v and the attention
+  output [4·Cv], fc1 and three GELU intermediates [4·Fv]; per block the softmax pair
+  [Hv, Np, Np] float32; per frame the patchified pixels [(Np - 1)·p²·3]; per visual token
+  the projector's LayerNorm [3·4Cv] and GELU [2·D].
+  head: the LM head's input padded to whole chunks [G·C rounded up, D] and the gradient of
+  the final hidden states [L, D] (XLA allocates it, zeroed, ahead of the backward pass).
+  head_backward, one LM-head chunk of the backward pass: its rematerialised logits and
+  log-softmax and their gradients, [chunk, V] float32 each.
+  reference_layer, one decoder layer of the reference model's forward for the videos of a
+  log-prob micro-batch: its softmax pair, its inputs (at the first layer the token
+  embeddings and visual tokens, which the merge's select fuses into its consumers), q, k
+  and v, and its gathered kernels."""
   mc, t, v = s.model, s.model.text, s.model.vision
-  b = BYTES[mc.dtype]
+  b, pb = BYTES[mc.dtype], BYTES[mc.param_dtype]
   tp = s.mesh["tensor"]
   mb = s.micro_batch or s.batch
   videos = mb / batch_shards(s, mb)
   L, GC = s.packed, s.num_generations * s.completion
   D, F, H, K, E = t.hidden_size, t.intermediate_size, t.num_heads, t.num_kv_heads, t.head_dim
-  tok = b * (4 * D + _split(2 * (H + 2 * K) * E + 2 * H * E, tp) + _split(4 * F, tp))
-  attn = 2 * 4 * _split(H, tp) * L * L
-  llm = t.num_layers * (L * tok + attn) + L * tok + attn // 2
-  n = vit_tokens(s)
+  Hq, Kq, Fq = _split(H, tp), _split(K, tp), _split(F, tp)  # this device's heads, MLP width
+  norm = lambda stats: 4 * stats + b  # f32 statistics + the output in the compute dtype
+  tok = 2 * norm(1) * D + 2 * b * D + b * (2 * Hq * E + 2 * Kq * E + 5 * Fq)
+  softmax = 2 * 4 * Hq * s.pairs
+  llm = t.num_layers * (L * tok + b * GC * Hq * E + softmax) + L * 4 * b * D
+  Np, p = vit_tokens(s), v.patch_size
   Cv, Fv, Hv = v.hidden_size, v.intermediate_size, v.num_heads
-  # x, norm1(x), the mid residual, norm2(mid), q, k, v, attention output [Cv]; fc1, GELU [Fv]
-  vit_tok = b * (4 * Cv + _split(4 * Cv, tp) + _split(2 * Fv, tp))
+  Cq = Cv * _split(Hv, tp) / Hv  # this device's heads' share of the width
+  vit_tok = 2 * norm(2) * Cv + 4 * b * Cv + b * (4 * Cq + 4 * _split(Fv, tp))
   blocks = mc.vision_feature_layer % (v.num_layers + 1)
-  vit = s.frames * blocks * (n * vit_tok + 2 * 4 * _split(Hv, tp) * n * n)
-  K_ = min(s.chunk, GC)
-  head = b * GC * D + 3 * 4 * K_ * _split(t.vocab_size, tp)
-  mask = L * L  # bool block mask
-  per_video = dict(llm=llm, vit=vit, head=head, mask=mask)
-  return {k: int(videos * x) for k, x in per_video.items()}
+  tokens = mc.tokens_per_frame(s.size)
+  vit = s.frames * (blocks * (Np * vit_tok + 2 * 4 * _split(Hv, tp) * Np * Np)
+                    + b * (Np - 1) * p * p * 3
+                    + tokens * (norm(2) * _split(4 * Cv, tp) + 2 * b * _split(D, tp)))
+  chunk = min(s.chunk, GC)
+  head = b * -(-GC // chunk) * chunk * D + b * L * D
+  head_backward = 4 * 4 * chunk * _split(t.vocab_size, tp) * videos
+  lmb = s.logprob_micro_batch or s.batch
+  kernels = pb * D * (2 * Hq * E + 2 * Kq * E + 3 * Fq) if s.mesh["fsdp"] > 1 else 0
+  ref_video = softmax + b * L * (2 * D + (Hq + 2 * Kq) * E)
+  ref = lmb / batch_shards(s, lmb) * ref_video + kernels if s.beta else 0
+  return dict(llm=int(videos * llm), vit=int(videos * vit), head=int(videos * head),
+              head_backward=int(head_backward), reference_layer=int(ref))
 
 
 def rollout_activation_bytes(s: Setup) -> int:
@@ -369,9 +421,17 @@ def plan(s: Setup, slowfast_flops: int = 0) -> dict:
                kv["perturbed"] // batch_shards(s, s.batch * s.num_generations))
   act = update_activation_bytes(s)
   n_micro = s.batch // (s.micro_batch or s.batch)
+  # The reference pass reads only the batch and only the loss reads its log-probs, so XLA
+  # may schedule it anywhere before the loss: on CPU it runs in lockstep with the policy's
+  # forward or after it, its layer's working set on top of every saved activation. A
+  # micro-batch or iteration loop of more than one trip makes it finish first (its log-probs
+  # are the loop's input); XLA inlines loops of one trip.
+  overlap = n_micro == 1 and s.num_iterations == 1
   update = dict(gradients=params * (2 if n_micro > 1 else 1),  # accumulator + micro-batch's
-                gathered_params=pb["trainable_gathered"] - params,
-                activations=sum(act.values()))
+                gathered_params=pb["kernels_gathered"],
+                activations=act["llm"] + act["vit"] + act["head"],
+                working_set=max(act["head_backward"],
+                                act["reference_layer"] if overlap else 0))
   rollout = dict(kv_cache=kv_dev, activations=rollout_activation_bytes(s))
   transient = max(sum(update.values()), sum(rollout.values()))
   persistent = sum(state.values())
