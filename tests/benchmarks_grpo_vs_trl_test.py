@@ -1,0 +1,31 @@
+"""Smoke test of benchmarks/grpo_vs_trl.py: tiny settings, one JSON object with both sides."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_vs_trl.py"
+
+
+def test_grpo_vs_trl_runs_and_reports():
+  pytest.importorskip("trl")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
+  out = subprocess.run(
+      [sys.executable, str(SCRIPT), "--videos=2", "--generations=2", "--new_tokens=4",
+       "--frames=1", "--steps=2", "--warmup=1", "--nosplit"],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout)
+  assert report["batch"]["completions"] == 4 and report["batch"]["new_tokens"] == 4
+  assert report["sampling"]["completion_lengths_min_max"] == {"ours": [4, 4], "trl": [4, 4]}
+  for side in ("ours", "trl"):
+    assert report[side]["median_s"] > 0 and len(report[side]["runs_s"]) == 2
+  # TRL ran its VLM path: the frames went through the policy's and the reference's ViT.
+  assert report["trl"]["vit_frames_per_step"] == {"policy": 8, "reference": 4}
+  assert set(report["trl"]["phases_median_s"]) == {"rollout", "reference", "reward",
+                                                   "scoring_rest", "update"}
+  assert report["speedup"] > 0 and report["ours"]["compile_s"] > 0
