@@ -36,17 +36,26 @@ def positions_from_mask(attention_mask_BT: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float):
+  """cos and sin [..., E] (float32) of the rotary angles of ``positions`` [...]."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  freqs = jnp.concatenate([freqs, freqs], -1)
+  return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def rotate(x_BTHE: jax.Array, cos_BTE: jax.Array, sin_BTE: jax.Array) -> jax.Array:
+  """Rotary embedding from precomputed `rope_cos_sin`, half-split layout (`rotate_half`),
+  in float32."""
+  E = x_BTHE.shape[-1]
+  x = x_BTHE.astype(jnp.float32)
+  rotated = jnp.concatenate([-x[..., E // 2:], x[..., : E // 2]], axis=-1)
+  return (x * cos_BTE[:, :, None] + rotated * sin_BTE[:, :, None]).astype(x_BTHE.dtype)
+
+
 def apply_rope(x_BTHE: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   """Rotary embedding, half-split layout (`rotate_half`), computed in float32."""
-  E = x_BTHE.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))
-  freqs_BTe = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-  cos = jnp.cos(jnp.concatenate([freqs_BTe, freqs_BTe], -1))[:, :, None]
-  sin = jnp.sin(jnp.concatenate([freqs_BTe, freqs_BTe], -1))[:, :, None]
-  x = x_BTHE.astype(jnp.float32)
-  x1, x2 = x[..., : E // 2], x[..., E // 2:]
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BTHE.dtype)
+  return rotate(x_BTHE, *rope_cos_sin(positions_BT, x_BTHE.shape[-1], theta))
 
 
 class Attention(nnx.Module):

@@ -239,14 +239,15 @@ def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_va
 
 
 def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_BP, cache,
-                slot):
+                slot, rope_table=None):
   """One token per row through the decoder: next logits [N, V] and the updated cache.
 
   The attention of `llm.Qwen2` at T = 1 over two key blocks: the video's shared prompt
   (``prompt_cache`` [B, K, P, E], ``prompt_valid_BP``) and the row's own completion
   (``cache`` [N, K, C, E]; ``slot`` is where this token's key goes, slots after it are
   masked). One softmax over both blocks, so the result equals attention over the
-  concatenation.
+  concatenation. ``rope_table``: `llm.rope_cos_sin` of positions 0, 1, ... (at least
+  up to ``position_N``), so that the loop gathers its angles instead of computing them.
   """
   cfg = lm.cfg
   N, H, K, E = token_N.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -254,12 +255,17 @@ def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_B
   P = prompt_valid_BP.shape[1]
   gen_valid_C = jnp.arange(C) <= slot
   x_ND = lm.embed_tokens(token_N)
+  # Once for every layer and for q and k alike (XLA would otherwise recompute the sines
+  # inside each consumer's fusion); from the table, a gather instead of the sines.
+  if rope_table is None:
+    cos_N1E, sin_N1E = (t[:, None] for t in llm.rope_cos_sin(position_N, E, cfg.rope_theta))
+  else:
+    cos_N1E, sin_N1E = (jnp.take(t, position_N, axis=0)[:, None] for t in rope_table)
   new_cache = []
   for layer, prompt_kv, kv in zip(lm.layers, prompt_cache, cache):
     attn = layer.attn
     y_ND = layer.input_norm(x_ND)
-    rope = lambda z, heads: llm.apply_rope(z.reshape(N, 1, heads, E), position_N[:, None],
-                                           cfg.rope_theta)[:, 0]
+    rope = lambda z, heads: llm.rotate(z.reshape(N, 1, heads, E), cos_N1E, sin_N1E)[:, 0]
     q_NHE, k_NKE = rope(attn.q(y_ND), H), rope(attn.k(y_ND), K)
     v_NKE = attn.v(y_ND).reshape(N, K, E)
     write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
@@ -301,6 +307,8 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
   draw = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy)
   text = model.cfg.text
+  rope_table = llm.rope_cos_sin(jnp.arange(attention_mask_BP.shape[1] + C), text.head_dim,
+                                text.rope_theta)
   cache = [{name: sharding.constrain_batch(
       jnp.zeros((N, text.num_kv_heads, C, text.head_dim), prompt_cache[0]["k"].dtype))
       for name in ("k", "v")} for _ in range(text.num_layers)]
@@ -319,7 +327,7 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
     t, cache, token_N, tokens_NC, logprobs_NC, done_N, lengths_N = carry
     # Feed token t-1 (completion slot t-1, position prompt_len+t-1); read the logits of t.
     logits_NV, cache = decode_step(model.llm, token_N, prompt_len_N + t - 1, prompt_cache,
-                                   prompt_valid_BP, cache, t - 1)
+                                   prompt_valid_BP, cache, t - 1, rope_table)
     cache = jax.tree.map(sharding.constrain_batch, cache)
     token_N, logprob_N = draw(sharding.constrain_batch(logits_NV), jax.random.fold_in(rng, t))
     token_N = jnp.where(done_N, pad_id, token_N)
