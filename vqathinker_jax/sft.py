@@ -57,12 +57,9 @@ def step(graphdef, state: grpo.TrainState, batch: dict, tx: optax.GradientTransf
                    batch["targets"], batch["target_mask"], chunk)
 
   loss, grads = jax.value_and_grad(f)(state.params)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  params, opt_state, grad_norm, finite = grpo.apply_if_finite(tx, loss, grads, state.params,
+                                                              state.opt_state)
   skipped = (~finite).astype(jnp.int32)
-  new = state.replace(step=state.step + 1, params=keep(params, state.params),
-                      opt_state=keep(opt_state, state.opt_state), skipped=state.skipped + skipped)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                      skipped=state.skipped + skipped)
   return new, dict(loss=loss, grad_norm=grad_norm, skipped=skipped)
