@@ -50,12 +50,14 @@ def get_config():
   g.update(num_generations=4, beta=0.04, kl_estimator="k3", epsilon=0.2, epsilon_high=0.2,
            loss_type="grpo", num_iterations=1, max_completion_length=2048, temperature=1.0,
            top_k=50, top_p=1.0, temporal=True)  # SPEC §4 (temporal: the paper's full method)
-  # Memory per chip, one video's packed sequence (prompt ~1.7k + G x 2048 = ~9.9k tokens)
-  # through the dense attention with 7 of the 28 heads: 7 x 9.9k^2 bf16 probabilities kept
-  # for the backward pass = 1.4 GB a layer, 38 GB over 28 layers, plus ~16 GB of other
-  # activations and 5 GB of state: ~60 GB of 95. So one video per batch shard per gradient
-  # micro-batch (8 videos, 4 micro-batches per step); the no-grad log-prob passes keep
-  # nothing across layers and take two videos per shard.
+  # Memory per chip: one video per batch shard per gradient micro-batch (8 videos, 4
+  # micro-batches per step); the no-grad log-prob passes keep nothing across layers and take
+  # two videos per shard. `python -m vqathinker_jax.tools.plan --config` this file gives
+  # ~105 GiB per chip, over a v5p chip's 95 GB: 88 GiB of it are the update's saved
+  # activations, about half of those the attention probabilities of the packed ~9.9k-token
+  # sequence (P^2 + G.C.(P + C) pairs x 7 heads x 28 layers). It needs the update to
+  # rematerialise (per-layer remat or a flash-attention kernel), which is not built yet:
+  # as configured, the run does not fit.
   g.micro_batch_size = 8  # videos per gradient micro-batch (one per batch shard)
   g.logprob_micro_batch_size = 16  # videos per no-grad log-prob micro-batch (two per shard)
 
