@@ -24,8 +24,9 @@ def get_config():
   # fsdp=4 (with tensor, 8 ways) shards the state (20 B x 0.94B parameters = 19 GB, 2.4 GB
   # a chip) and carries the batch: 4 batch shards.
   c.mesh.update(data=1, fsdp=4, tensor=2)
-  # One video per shard: 7 heads x 9.9k^2 bf16 probabilities x 24 layers = 33 GB kept for
-  # the backward pass, plus ~5 GB of other activations (see internvl3_8b_lsvq.py).
+  # One video per shard. `python -m vqathinker_jax.tools.plan --config` this file: ~72 GiB
+  # per chip of 95 GB (67 GiB of it the update's saved activations: the packed ~9.9k-token
+  # sequence through 24 layers, 7 heads a chip).
   c.grpo.micro_batch_size = 4  # videos per gradient micro-batch (one per batch shard)
   c.grpo.logprob_micro_batch_size = 8  # videos per no-grad log-prob micro-batch (two per shard)
   c.eval.batch_size = 8  # two videos per batch shard (no backward pass)
