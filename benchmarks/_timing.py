@@ -1,5 +1,6 @@
-"""Timing scaffolding shared by the benchmark scripts: interleaved runs, medians, the
-machine's description and its measured matmul peak (the denominator of MFU)."""
+"""Timing scaffolding shared by the benchmark scripts: the `--xla_flags` flag, interleaved
+runs, medians, the machine's description and its measured matmul peak (the denominator of
+MFU)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import platform
 import statistics
 import time
 from typing import Callable
+
+from absl import flags
+
+_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts")
+
+
+def apply_xla_flags() -> None:
+  """Appends ``--xla_flags`` to XLA_FLAGS: call in `main`, before anything imports JAX."""
+  if _XLA_FLAGS.value:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
 
 
 def interleaved(contenders: dict[str, Callable[[int], object]], runs: int):

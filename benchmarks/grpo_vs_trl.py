@@ -91,7 +91,6 @@ _SPLIT = flags.DEFINE_bool("split", True, "also time our rollout alone (one more
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 1, "torch intra-op threads (0: torch's default); 1 keeps transformers "
     "from collapsing when other processes load the CPU")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts")
 
 QUESTION = "What is your overall rating on the quality of this video?"
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_CONTEXT>", "<img>", "</img>",
@@ -178,8 +177,7 @@ def even_share(completion_ids, **_):
 
 
 def main(_):
-  if _XLA_FLAGS.value:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
+  _timing.apply_xla_flags()
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   import jax
   import jax.numpy as jnp

@@ -20,7 +20,6 @@ object.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -46,12 +45,10 @@ _RUNS = flags.DEFINE_integer("runs", 9, "timed runs of each")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch intra-op threads (0: torch's default); 1 keeps transformers "
     "from collapsing when other processes load the CPU")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts")
 
 
 def main(_):
-  if _XLA_FLAGS.value:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
+  _timing.apply_xla_flags()
   import jax
   import torch
   from hf_tiny import make_hf_checkpoint, video_batch

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -69,7 +68,6 @@ _FRAMES = flags.DEFINE_list("frames", ["6", "12", "24"], "step: frames per video
 _GENERATIONS = flags.DEFINE_list("generations", ["2", "4", "8"], "step: G values (at default T)")
 _TEXT = flags.DEFINE_integer("text", 16, "text tokens per prompt, half before the frames")
 _RUNS = flags.DEFINE_integer("runs", 5, "timed runs of each contender")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts")
 
 
 def _ints(values):
@@ -337,8 +335,7 @@ def mfu_section(b: Bench, peak_flops: float, step_rows: dict | None) -> dict:
 
 
 def main(_):
-  if _XLA_FLAGS.value:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
+  _timing.apply_xla_flags()
   from vqathinker_jax.model_config import DTYPES
   start = time.perf_counter()
   b = Bench(_CONFIG.value)

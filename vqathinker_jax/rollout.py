@@ -239,7 +239,7 @@ def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_va
 
 
 def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_BP, cache,
-                slot, rope_table=None):
+                slot, rope_table):
   """One token per row through the decoder: next logits [N, V] and the updated cache.
 
   The attention of `llm.Qwen2` at T = 1 over two key blocks: the video's shared prompt
@@ -256,11 +256,8 @@ def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_B
   gen_valid_C = jnp.arange(C) <= slot
   x_ND = lm.embed_tokens(token_N)
   # Once for every layer and for q and k alike (XLA would otherwise recompute the sines
-  # inside each consumer's fusion); from the table, a gather instead of the sines.
-  if rope_table is None:
-    cos_N1E, sin_N1E = (t[:, None] for t in llm.rope_cos_sin(position_N, E, cfg.rope_theta))
-  else:
-    cos_N1E, sin_N1E = (jnp.take(t, position_N, axis=0)[:, None] for t in rope_table)
+  # inside each consumer's fusion), and a gather instead of the sines.
+  cos_N1E, sin_N1E = (jnp.take(t, position_N, axis=0)[:, None] for t in rope_table)
   new_cache = []
   for layer, prompt_kv, kv in zip(lm.layers, prompt_cache, cache):
     attn = layer.attn
