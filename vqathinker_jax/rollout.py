@@ -136,10 +136,10 @@ def _cumsum(x_NL: jax.Array) -> jax.Array:
   return jnp.matmul(x_NL, upper_LL, precision=jax.lax.Precision.HIGHEST)
 
 
-def _inverse_cdf(probs_NV: jax.Array, key: jax.Array) -> jax.Array:
-  """Draw index ~ probs (unnormalised, >= 0) from one uniform per row, where Gumbel-max
-  would need V (at V = 151k, 151k threefry calls per row per step). Two levels of
-  ~sqrt(V): pick the block whose cumulative mass passes u * total, then the token."""
+def _inverse_cdf(probs_NV: jax.Array, uniform_N1: jax.Array) -> jax.Array:
+  """Draw index ~ probs (unnormalised, >= 0) from one uniform in [0, 1) per row, where
+  Gumbel-max would need V (at V = 151k, 151k threefry calls per row per step). Two levels
+  of ~sqrt(V): pick the block whose cumulative mass passes u * total, then the token."""
   N, V = probs_NV.shape
   b = 1 << max(0, (int(V ** 0.5) - 1).bit_length())  # block: a power of two >= sqrt(V)
   nb = -(-V // b)
@@ -157,15 +157,20 @@ def _inverse_cdf(probs_NV: jax.Array, key: jax.Array) -> jax.Array:
 
   mass_NB = jnp.sum(probs_NBb, axis=-1)
   total_N1 = jnp.sum(mass_NB, axis=-1, keepdims=True)
-  target_N1 = jax.random.uniform(key, (N, 1), jnp.float32) * total_N1
+  target_N1 = uniform_N1 * total_N1
   block_N = pick(mass_NB, target_N1)
   before_N1 = jnp.sum(jnp.where(iota(nb) < block_N[:, None], mass_NB, 0.0), -1, keepdims=True)
   in_block_Nb = jnp.take_along_axis(probs_NBb, block_N[:, None, None], axis=1)[:, 0]
   return block_N * b + pick(in_block_Nb, target_N1 - before_N1)
 
 
+def uniforms(key: jax.Array, N: int) -> jax.Array:
+  """The uniform [N, 1] that `sample` draws its tokens from with ``key``."""
+  return jax.random.uniform(key, (N, 1), jnp.float32)
+
+
 def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int = 0,
-           top_p: float = 1.0, greedy: bool = False):
+           top_p: float = 1.0, greedy: bool = False, uniform_N1: jax.Array | None = None):
   """Next tokens [N] and their log-probs [N].
 
   Order as transformers: temperature, top-k, then top-p over the renormalised top-k
@@ -173,7 +178,9 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
   kept. ``top_k`` 0 and ``top_p`` 1 disable them (both static). The log-probs are those
   of the temperature-scaled, unfiltered distribution, i.e. what the training pass
   recomputes (TRL divides logits by the temperature too); ``greedy`` takes the argmax
-  and reports log-probs at temperature 1.
+  and reports log-probs at temperature 1. ``uniform_N1``, if given, is `uniforms(key, N)`
+  drawn beforehand (``key`` is then unused): the decode loop draws every step's at once,
+  since threefry is a loop of its own on CPU.
   """
   logits_NV = logits_NV.astype(jnp.float32)
   if greedy:
@@ -198,7 +205,9 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
     if top_p < 1.0:
       probs_NV = probs_NV / jnp.sum(probs_NV, axis=-1, keepdims=True)
       probs_NV = jnp.where(_top_p_mask(probs_NV, top_p), probs_NV, 0.0)
-    tokens_N = _inverse_cdf(probs_NV, key)
+    if uniform_N1 is None:
+      uniform_N1 = uniforms(key, logits_NV.shape[0])
+    tokens_N = _inverse_cdf(probs_NV, uniform_N1)
   chosen_N = jnp.take_along_axis(scaled_NV - max_N1, tokens_N[:, None], axis=-1)[:, 0]
   return tokens_N, chosen_N - log_z_N
 
@@ -310,7 +319,14 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
       jnp.zeros((N, text.num_kv_heads, C, text.head_dim), prompt_cache[0]["k"].dtype))
       for name in ("k", "v")} for _ in range(text.num_layers)]
 
-  token_N, logprob_N = draw(logits_NV, jax.random.fold_in(rng, 0))
+  # Every step's uniforms in one batched draw, the same numbers as drawing them one step
+  # at a time with fold_in(rng, t).
+  uniform_CN1 = None if greedy else sharding.constrain_batch(
+      jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)),
+  ).transpose(1, 0, 2)
+  draw_t = lambda logits_NV, t: draw(logits_NV, rng, uniform_N1=None if greedy else
+                                     sharding.constrain_batch(uniform_CN1[t]))
+  token_N, logprob_N = draw_t(logits_NV, 0)
   tokens_NC = jnp.full((N, C), pad_id, jnp.int32).at[:, 0].set(token_N)
   logprobs_NC = jnp.zeros((N, C), jnp.float32).at[:, 0].set(logprob_N)
   done_N = jnp.isin(token_N, stop_ids)
@@ -326,7 +342,7 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
     logits_NV, cache = decode_step(model.llm, token_N, prompt_len_N + t - 1, prompt_cache,
                                    prompt_valid_BP, cache, t - 1, rope_table)
     cache = jax.tree.map(sharding.constrain_batch, cache)
-    token_N, logprob_N = draw(sharding.constrain_batch(logits_NV), jax.random.fold_in(rng, t))
+    token_N, logprob_N = draw_t(sharding.constrain_batch(logits_NV), t)
     token_N = jnp.where(done_N, pad_id, token_N)
     logprob_N = jnp.where(done_N, 0.0, logprob_N)
     tokens_NC = jax.lax.dynamic_update_slice_in_dim(tokens_NC, token_N[:, None], t, axis=1)
@@ -399,21 +415,29 @@ def generate_jit(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pix
 
 def cached_generate(model: model_lib.InternVL):
   """`generate_jit` bound to ``model`` for repeated calls (evaluation loops, benchmarks):
-  NNX's per-call graph traversal, which costs as much as a tiny model's whole prefill,
-  is done once (`nnx.cached_partial`). Parameter updates are seen; structural changes
-  to the model after this call are not.
+  NNX's graph traversal, which costs as much as a tiny model's whole prefill, is done
+  once (`nnx.split`); each call reads the current values of the model's own Variables
+  (so parameter updates are seen; structural changes to the model after this call are
+  not) into a plain `jax.jit` program.
 
       run = cached_generate(m)
       out = run(ids_BT, mask_BT, pix, rng=key, num_generations=4, max_new_tokens=64)
   """
-  with nnx.set_graph_mode(True), nnx.set_graph_updates(True):
-    bound = nnx.cached_partial(_generate_jit, model)
+  graphdef, state = nnx.split(model)
+  variables = [v for _, v in state.flat_state()]  # the model's own, not copies
+  treedef = jax.tree.structure(state)
+
+  @functools.partial(jax.jit, static_argnames=_STATIC)
+  def pure(values, input_ids_BT, attention_mask_BT, pixel_values, rng, temperature, **static):
+    bound = nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
+    return generate(bound, input_ids_BT, attention_mask_BT, pixel_values, rng=rng,
+                    temperature=temperature, **static)
 
   def run(input_ids_BT, attention_mask_BT, pixel_values=None, *, rng: jax.Array,
           temperature=1.0, **settings) -> dict:
     static = _static(**settings)
     model_lib.check_inputs(model.cfg, input_ids_BT, pixel_values, static["train"])
-    return bound(input_ids_BT, attention_mask_BT, pixel_values, rng,
-                 jnp.asarray(temperature, jnp.float32), **static)
+    return pure([v.get_raw_value() for v in variables], input_ids_BT, attention_mask_BT,
+                pixel_values, rng, jnp.asarray(temperature, jnp.float32), **static)
 
   return run
