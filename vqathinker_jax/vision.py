@@ -138,11 +138,12 @@ class InternViT(nnx.Module):
     N, H, W, _ = pix_NHWC.shape
     p, C, g = self.cfg.patch_size, self.cfg.hidden_size, self.cfg.grid
     h, w = H // p, W // p
-    # A stride-p convolution with a p x p kernel is a matmul over flattened patches.
-    patches = pix_NHWC.reshape(N, h, p, w, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(N, h * w, p * p * 3)
-    kernel = self.patch_kernel[...].reshape(p * p * 3, C)
-    x_NPC = jnp.matmul(patches.astype(self.dtype), kernel.astype(self.dtype)) \
-        + self.patch_bias[...].astype(self.dtype)
+    # The stride-p p x p convolution itself: as a matmul over flattened patches, the patch
+    # gather is a 6-d transpose that cost XLA's CPU backend 2.5x the convolution.
+    x_NhwC = jax.lax.conv_general_dilated(
+        pix_NHWC.astype(self.dtype), self.patch_kernel[...].astype(self.dtype), (p, p), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x_NPC = x_NhwC.reshape(N, h * w, C) + self.patch_bias[...].astype(self.dtype)
     pos = self.pos[...]
     pos_patch = resize_pos_embed(pos[1:].reshape(g, g, C), h, w).reshape(h * w, C)
     cls_C = (self.cls[...] + pos[0]).astype(self.dtype)
