@@ -9,7 +9,8 @@ with temperature 1 and top-k 50 (SPEC §4), exactly `new_tokens` tokens per comp
 stop ids). transformers gets each prompt repeated G times (as the reference rolls out);
 ours prefills each prompt once and shares its cache among the G samples. Ours runs through
 `rollout.cached_generate` (and, for comparison, `generate_jit`, which pays NNX's graph
-traversal per call); greedy decoding is timed too. Runs are interleaved in one process;
+traversal per call); greedy decoding is timed too. Runs are interleaved in one process (the
+order rotated each round, `_timing.interleaved`);
 rates are medians over `runs`; our compile time (first call minus the median) is reported
 apart. ``--xla_flags`` is appended to XLA_FLAGS before JAX starts and echoed in the
 output (none by default: `--xla_cpu_multi_thread_eigen=false`, and YNNPACK fusion
@@ -41,7 +42,7 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per compl
 _FRAMES = flags.DEFINE_integer("frames", 2, "56 px frames per video (4 visual tokens each)")
 _TEXT = flags.DEFINE_integer("text", 16, "text tokens before and after the frames")
 _TOP_K = flags.DEFINE_integer("top_k", 50, "top-k of both samplers")
-_RUNS = flags.DEFINE_integer("runs", 9, "timed runs of each")
+_RUNS = flags.DEFINE_integer("runs", 15, "timed runs of each")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch intra-op threads (0: torch's default); 1 keeps transformers "
     "from collapsing when other processes load the CPU")

@@ -112,6 +112,21 @@ def test_sampling_is_reproducible(tiny, batch):
   assert (a["tokens_NC"][0::2] != a["tokens_NC"][1::2]).mean() > 0.5
 
 
+def test_cached_generate_sees_parameter_updates(tiny, batch):
+  """The bound entry point reads the model's Variables at each call: after an in-place
+  update it gives what `generate_jit` gives on the updated model."""
+  m = nnx.clone(tiny[0])
+  ids, pix, mask = batch
+  kw = dict(rng=jax.random.key(1), max_new_tokens=C, greedy=True, stop_ids=())
+  run = rollout.cached_generate(m)
+  before = np.asarray(run(ids, mask, pix, **kw)["tokens_NC"])
+  head = m.llm.lm_head.kernel
+  head.set_value(head.get_value()[:, ::-1])  # permute the vocabulary: other argmaxes
+  after = np.asarray(run(ids, mask, pix, **kw)["tokens_NC"])
+  assert (after != before).mean() > 0.5
+  np.testing.assert_array_equal(after, rollout.generate_jit(m, ids, mask, pix, **kw)["tokens_NC"])
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1e-5), dict(top_k=1),
                                       dict(top_p=1e-6)],
                          ids=["temperature_to_0", "top_k_1", "top_p_to_0"])

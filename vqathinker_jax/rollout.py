@@ -424,7 +424,7 @@ def cached_generate(model: model_lib.InternVL):
       out = run(ids_BT, mask_BT, pix, rng=key, num_generations=4, max_new_tokens=64)
   """
   graphdef, state = nnx.split(model)
-  variables = [v for _, v in state.flat_state()]  # the model's own, not copies
+  variables = [v for _, v in nnx.to_flat_state(state)]  # the model's own, not copies
   treedef = jax.tree.structure(state)
 
   @functools.partial(jax.jit, static_argnames=_STATIC)
