@@ -2,8 +2,10 @@
 
 PyTorchVideo 0.1.5 imports `torchvision.ops.RoIAlign` at module level, only for its
 detection heads. No torchvision build on PyPI imports beside the torch 2.13.0 CPU
-wheel, so when torchvision cannot be imported we stand in an empty module for it:
-`create_slowfast` (classification) never touches RoIAlign.
+wheel, so when torchvision cannot be imported we stand in an empty module for it while
+PyTorchVideo imports: `create_slowfast` (classification) never touches RoIAlign. The stand-in
+leaves `sys.modules` afterwards, or transformers' `is_torchvision_available` would meet a
+module without a spec (a ValueError) in whichever test happens to run after this one.
 """
 
 import sys
@@ -13,10 +15,11 @@ import numpy as np
 import torch
 
 
-def _stub_torchvision():
+def _stub_torchvision() -> tuple[str, ...]:
+  """The names it put in `sys.modules` (none when the real torchvision imports)."""
   try:
     import torchvision.ops  # noqa: F401
-    return
+    return ()
   except Exception:  # ImportError, or RuntimeError from a mismatched build
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
       del sys.modules[name]
@@ -28,11 +31,16 @@ def _stub_torchvision():
 
   ops.RoIAlign, tv.ops = RoIAlign, ops
   sys.modules["torchvision"], sys.modules["torchvision.ops"] = tv, ops
+  return ("torchvision", "torchvision.ops")
 
 
 def create_slowfast(**kwargs):
-  _stub_torchvision()
-  from pytorchvideo.models.slowfast import create_slowfast as create
+  stubs = _stub_torchvision()
+  try:
+    from pytorchvideo.models.slowfast import create_slowfast as create
+  finally:
+    for name in stubs:
+      sys.modules.pop(name, None)
   return create(**kwargs)
 
 
