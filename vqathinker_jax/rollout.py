@@ -321,11 +321,10 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
 
   # Every step's uniforms in one batched draw, the same numbers as drawing them one step
   # at a time with fold_in(rng, t).
-  uniform_CN1 = None if greedy else sharding.constrain_batch(
-      jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)),
-  ).transpose(1, 0, 2)
+  uniform_NC1 = None if greedy else sharding.constrain_batch(
+      jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)))
   draw_t = lambda logits_NV, t: draw(logits_NV, rng, uniform_N1=None if greedy else
-                                     sharding.constrain_batch(uniform_CN1[t]))
+                                     uniform_NC1[:, t])
   token_N, logprob_N = draw_t(logits_NV, 0)
   tokens_NC = jnp.full((N, C), pad_id, jnp.int32).at[:, 0].set(token_N)
   logprobs_NC = jnp.zeros((N, C), jnp.float32).at[:, 0].set(logprob_N)
