@@ -211,7 +211,10 @@ def test_whole_step_is_one_program_without_host_transfers(tiny):
     assert np.isfinite(float(metrics[k])), k
 
 
-def test_sharded_step_equals_single_device(tiny):
+@pytest.mark.parametrize("shape, devices", [((2, 2, 2), 8), ({"data": 2}, 2)],
+                         ids=["data-fsdp-tensor", "data-only"])
+def test_sharded_step_equals_single_device(tiny, shape, devices):
+  """Also on a data-only mesh, where each device runs its own rollout loop."""
   cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
   # Adam turns a near-zero gradient's rounding into a sizeable step (m / sqrt(v)): a small
   # learning rate keeps that below the tolerance.
@@ -219,7 +222,7 @@ def test_sharded_step_equals_single_device(tiny):
   batch, key = step_batch(seed=4, videos=4), jax.random.key(1)
   graphdef, s1 = grpo.init_state(fresh(tiny), tx, cfg)
   s1, m1 = grpo.make_train_step(graphdef, s1, tx, cfg, byte_rewards())(s1, batch, key)
-  mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
+  mesh = sharding.make_mesh(shape, jax.devices()[:devices])
   graphdef, s8 = grpo.init_state(model.init(TINY, seed=0, mesh=mesh), tx, cfg)
   with jax.set_mesh(mesh):
     s8, m8 = grpo.make_train_step(graphdef, s8, tx, cfg, byte_rewards())(s8, batch, key)

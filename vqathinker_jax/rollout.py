@@ -43,11 +43,6 @@ def _first_argmax(x_NV: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(is_max, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
 
 
-def _batch_is_sharded() -> bool:
-  mesh = jax.sharding.get_abstract_mesh()
-  return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in sharding.BATCH_AXES)
-
-
 def _key(x):
   """float32 -> int32 with the same order (-0.0 just below +0.0)."""
   bits = jax.lax.bitcast_convert_type(x, jnp.int32)
@@ -69,17 +64,16 @@ def _threshold(x_NV: jax.Array, enough, exact=None) -> jax.Array:
   are adjacent floats (then lo is a value of the row, the answer) or ``exact(x >= mid)``
   says the mask cannot change any more (e.g. exactly k kept). Midpoints are taken on
   values, which isolate the k-th logit in ~15 compare-and-reduce passes where
-  bit-by-bit needs ~20 (the exponent bits too); after `_FLOAT_STEPS`, at infinities,
-  and on a split batch, the order-preserving int32 key range is halved instead, so it
-  always ends (<= 32 passes from there). No sort: XLA's CPU TopK on [32, 512] is ~20x
-  slower than the whole search.
+  bit-by-bit needs ~20 (the exponent bits too); after `_FLOAT_STEPS` and at
+  infinities, the order-preserving int32 key range is halved instead, so it always ends
+  (<= 32 passes from there). No sort: XLA's CPU TopK on [32, 512] is ~20x
+  slower than the whole search. Rows are searched together and stop when all are done:
+  `sample` runs it per batch shard (`shard_map`), so no device waits on another's rows.
   """
   lo_N1 = jnp.min(x_NV, axis=-1, keepdims=True)
   hi_N1 = jnp.max(x_NV, axis=-1, keepdims=True)
   top_N1 = enough(x_NV >= hi_N1)  # the maxima alone are enough (top-k 1, top-p -> 0)
   lo_N1 = jnp.where(top_N1, hi_N1, lo_N1)
-  sharded = _batch_is_sharded()
-  float_steps = 0 if sharded else _FLOAT_STEPS
 
   def halves(lo_N1, hi_N1):
     """The int32-key midpoint and whether lo and hi are adjacent (nothing between)."""
@@ -88,16 +82,13 @@ def _threshold(x_NV: jax.Array, enough, exact=None) -> jax.Array:
     return _unkey(lo_k + half_k), half_k == 0
 
   def cond(carry):
-    step, _, _, done_N1 = carry
-    if sharded:  # no early exit on a split batch: "every row" would cost an all-reduce
-      return step < 32
-    return ~jnp.all(done_N1)
+    return ~jnp.all(carry[-1])
 
   def body(carry):
     step, lo_N1, hi_N1, done_N1 = carry
     mid_N1 = lo_N1 * 0.5 + hi_N1 * 0.5  # no overflow; nan or inf at infinities
     int_mid_N1, _ = halves(lo_N1, hi_N1)
-    by_value = (step < float_steps) & (mid_N1 > lo_N1) & (mid_N1 < hi_N1)
+    by_value = (step < _FLOAT_STEPS) & (mid_N1 > lo_N1) & (mid_N1 < hi_N1)
     mid_N1 = jnp.where(by_value, mid_N1, int_mid_N1)
     keep_NV = x_NV >= mid_N1
     up_N1 = enough(keep_NV)
@@ -180,14 +171,32 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
   recomputes (TRL divides logits by the temperature too); ``greedy`` takes the argmax
   and reports log-probs at temperature 1. ``uniform_N1``, if given, is `uniforms(key, N)`
   drawn beforehand (``key`` is then unused): the decode loop draws every step's at once,
-  since threefry is a loop of its own on CPU.
+  since threefry is a loop of its own on CPU. On a mesh whose batch axes split the rows,
+  each shard samples its own rows (`shard_map`): every step is row-wise, and the top-k /
+  top-p searches then stop when the shard's rows are done, with no cross-device vote.
   """
+  N = logits_NV.shape[0]
+  if not greedy and uniform_N1 is None:
+    uniform_N1 = uniforms(key, N)
+  if greedy:
+    uniform_N1 = jnp.zeros((N, 1), jnp.float32)  # unused; keeps one signature
+  rows = functools.partial(_sample_rows, top_k=top_k, top_p=top_p, greedy=greedy)
+  temperature = jnp.asarray(temperature, jnp.float32)
+  axes = sharding.batch_axes()
+  if axes and N % sharding.batch_shards() == 0:
+    spec = jax.sharding.PartitionSpec(axes)
+    rows = jax.shard_map(rows, in_specs=(spec, spec, jax.sharding.PartitionSpec()),
+                         out_specs=(spec, spec))
+  return rows(logits_NV, uniform_N1, temperature)
+
+
+def _sample_rows(logits_NV, uniform_N1, temperature, *, top_k, top_p, greedy):
+  """`sample` on the rows at hand (one batch shard, or all)."""
   logits_NV = logits_NV.astype(jnp.float32)
   if greedy:
     scaled_NV = logits_NV
   else:
-    scaled_NV = logits_NV / jnp.maximum(jnp.asarray(temperature, jnp.float32),
-                                        _MIN_TEMPERATURE)
+    scaled_NV = logits_NV / jnp.maximum(temperature, _MIN_TEMPERATURE)
   # One exp over [N, V] serves both the log-probs and the sampling weights (exp is the
   # costliest elementwise op of the step on CPU).
   max_N1 = jnp.max(scaled_NV, axis=-1, keepdims=True)
@@ -205,8 +214,6 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
     if top_p < 1.0:
       probs_NV = probs_NV / jnp.sum(probs_NV, axis=-1, keepdims=True)
       probs_NV = jnp.where(_top_p_mask(probs_NV, top_p), probs_NV, 0.0)
-    if uniform_N1 is None:
-      uniform_N1 = uniforms(key, logits_NV.shape[0])
     tokens_N = _inverse_cdf(probs_NV, uniform_N1)
   chosen_N = jnp.take_along_axis(scaled_NV - max_N1, tokens_N[:, None], axis=-1)[:, 0]
   return tokens_N, chosen_N - log_z_N
@@ -303,28 +310,57 @@ def decode_step(lm: llm.Qwen2, token_N, position_N, prompt_cache, prompt_valid_B
 def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP, rng, *,
            max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
            greedy: bool = False, stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0):
-  """Sample up to ``max_new_tokens`` after `prefill` (see `generate`)."""
+  """Sample up to ``max_new_tokens`` after `prefill` (see `generate`).
+
+  On a purely data-parallel mesh (only ``data`` splits, so every device holds the whole
+  decoder), each device runs the loop over its own videos (`shard_map`): no device waits
+  at each step for the others' "all rows stopped", and each stops when its rows have.
+  Otherwise (fsdp or tensor split the weights) the loop is one SPMD program.
+  """
+  N, B = logits_NV.shape[0], attention_mask_BP.shape[0]
+  C = max_new_tokens
+  # Every step's uniforms in one batched draw, the same numbers as drawing them one step
+  # at a time with fold_in(rng, t); drawn for all rows, so they do not depend on the mesh.
+  uniform_NC1 = None if greedy else sharding.constrain_batch(
+      jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)))
+  loop = functools.partial(_decode_loop, max_new_tokens=C, temperature=temperature,
+                           top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=stop_ids,
+                           pad_id=pad_id)
+  args = (prompt_cache, logits_NV, attention_mask_BP, uniform_NC1)
+  mesh = jax.sharding.get_abstract_mesh()
+  per_shard = (sharding.batch_axes() == ("data",) and mesh.shape.get("tensor", 1) == 1
+               and B % mesh.shape["data"] == 0)
+  if not per_shard:
+    return loop(model.llm, *args)
+  graphdef, state = nnx.split(model.llm)
+  spec, whole = jax.sharding.PartitionSpec("data"), jax.sharding.PartitionSpec()
+  local = lambda state, *args: loop(nnx.merge(graphdef, state), *args)
+  # No collective inside, so no varying-axes bookkeeping (the loop's zero-initialised
+  # carries would otherwise need marking as per-device).
+  return jax.shard_map(local, in_specs=(whole, spec, spec, spec, spec), out_specs=spec,
+                       axis_names={"data"}, check_vma=False)(state, *args)
+
+
+def _decode_loop(lm: llm.Qwen2, prompt_cache, logits_NV, attention_mask_BP, uniform_NC1, *,
+                 max_new_tokens, temperature, top_k, top_p, greedy, stop_ids, pad_id):
+  """`decode` on the rows at hand (one data shard, or all)."""
   N, B = logits_NV.shape[0], attention_mask_BP.shape[0]
   C = max_new_tokens
   prompt_valid_BP = attention_mask_BP.astype(bool)
   prompt_len_N = sharding.constrain_batch(
       jnp.repeat(jnp.sum(attention_mask_BP.astype(jnp.int32), axis=1), N // B))
   stop_ids = jnp.asarray(tuple(stop_ids) or (-1,), jnp.int32)
-  draw = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                           greedy=greedy)
-  text = model.cfg.text
+  text = lm.cfg
   rope_table = llm.rope_cos_sin(jnp.arange(attention_mask_BP.shape[1] + C), text.head_dim,
                                 text.rope_theta)
   cache = [{name: sharding.constrain_batch(
       jnp.zeros((N, text.num_kv_heads, C, text.head_dim), prompt_cache[0]["k"].dtype))
       for name in ("k", "v")} for _ in range(text.num_layers)]
 
-  # Every step's uniforms in one batched draw, the same numbers as drawing them one step
-  # at a time with fold_in(rng, t).
-  uniform_NC1 = None if greedy else sharding.constrain_batch(
-      jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)))
-  draw_t = lambda logits_NV, t: draw(logits_NV, rng, uniform_N1=None if greedy else
-                                     uniform_NC1[:, t])
+  def draw_t(logits_NV, t):
+    return sample(logits_NV, None, temperature=temperature, top_k=top_k, top_p=top_p,
+                  greedy=greedy, uniform_N1=None if greedy else uniform_NC1[:, t])
+
   token_N, logprob_N = draw_t(logits_NV, 0)
   tokens_NC = jnp.full((N, C), pad_id, jnp.int32).at[:, 0].set(token_N)
   logprobs_NC = jnp.zeros((N, C), jnp.float32).at[:, 0].set(logprob_N)
@@ -338,7 +374,7 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
   def body(carry):
     t, cache, token_N, tokens_NC, logprobs_NC, done_N, lengths_N = carry
     # Feed token t-1 (completion slot t-1, position prompt_len+t-1); read the logits of t.
-    logits_NV, cache = decode_step(model.llm, token_N, prompt_len_N + t - 1, prompt_cache,
+    logits_NV, cache = decode_step(lm, token_N, prompt_len_N + t - 1, prompt_cache,
                                    prompt_valid_BP, cache, t - 1, rope_table)
     cache = jax.tree.map(sharding.constrain_batch, cache)
     token_N, logprob_N = draw_t(sharding.constrain_batch(logits_NV), t)

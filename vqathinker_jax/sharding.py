@@ -108,6 +108,23 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh,
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def batch_axes() -> tuple[str, ...]:
+  """The batch axes of the mesh in context that split it (size > 1), `fsdp` first; inside
+  a `shard_map` over an axis, that axis is already split and is left out."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  manual = set(mesh.manual_axes)
+  return tuple(a for a in BATCH_AXES
+               if a in mesh.axis_names and mesh.shape[a] > 1 and a not in manual)
+
+
+def batch_shards() -> int:
+  """How many ways `batch_axes` split the batch."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return math.prod(mesh.shape[a] for a in batch_axes())
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
   """Split dim 0 over the batch axes of the mesh in context; a no-op without one.
 
@@ -116,11 +133,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
   Linear chains whose kernels put `fsdp` on the output dimension; see
   tests/sharding_test.py::test_sharded_batch_forward_matches for the guard.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+  axes = batch_axes()
+  if not axes or x.shape[0] % batch_shards():
     return x
   # Other dimensions stay free, so that tensor-parallel activations are not gathered.
   return jax.lax.with_sharding_constraint(x, P(axes, *([P.UNCONSTRAINED] * (x.ndim - 1))))
