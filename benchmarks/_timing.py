@@ -22,24 +22,27 @@ def apply_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
 
 
-def interleaved(contenders: dict[str, Callable[[int], object]], runs: int):
+def interleaved(contenders: dict[str, Callable[[int], object]], runs: int, burst: int = 1):
   """Calls each contender once untimed (compile / warm-up), then ``runs`` times, interleaved
   so that a change of load hits every contender alike, in an order rotated each round: a
   call right after another program's (a peer's, with its own threads and memory) runs
   measurably slower (~10 % for the rollout after transformers), so no contender always
-  takes that place. ``fn(i)`` gets the run index (a seed); it must block until its work
-  is done. Returns (first_s, times_s) by name."""
+  takes that place. ``burst`` > 1 runs each contender that many times in a row per round
+  (every call timed), for figures of a steady stream of calls rather than of calls that
+  each follow another program. ``fn(i)`` gets the run index (a seed); it must block until
+  its work is done. Returns (first_s, times_s) by name."""
   first_s, times = {}, {name: [] for name in contenders}
   for name, fn in contenders.items():
     start = time.perf_counter()
     fn(0)
     first_s[name] = time.perf_counter() - start
   names = list(contenders)
-  for r in range(runs):
+  for r in range(-(-runs // burst)):
     for name in names[r % len(names):] + names[:r % len(names)]:
-      start = time.perf_counter()
-      contenders[name](r + 1)
-      times[name].append(time.perf_counter() - start)
+      for i in range(r * burst, min(runs, (r + 1) * burst)):
+        start = time.perf_counter()
+        contenders[name](i + 1)
+        times[name].append(time.perf_counter() - start)
   return first_s, times
 
 
