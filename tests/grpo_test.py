@@ -211,17 +211,26 @@ def test_whole_step_is_one_program_without_host_transfers(tiny):
     assert np.isfinite(float(metrics[k])), k
 
 
-@pytest.mark.parametrize("shape, devices", [((2, 2, 2), 8), ({"data": 2}, 2)],
-                         ids=["data-fsdp-tensor", "data-only"])
-def test_sharded_step_equals_single_device(tiny, shape, devices):
-  """Also on a data-only mesh, where each device runs its own rollout loop."""
+def _sharded_step_setup():
   cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
   # Adam turns a near-zero gradient's rounding into a sizeable step (m / sqrt(v)): a small
   # learning rate keeps that below the tolerance.
-  tx = grpo.make_optimizer(1e-4)
-  batch, key = step_batch(seed=4, videos=4), jax.random.key(1)
+  return cfg, grpo.make_optimizer(1e-4), step_batch(seed=4, videos=4), jax.random.key(1)
+
+
+@pytest.fixture(scope="module")
+def single_device_step(tiny):
+  cfg, tx, batch, key = _sharded_step_setup()
   graphdef, s1 = grpo.init_state(fresh(tiny), tx, cfg)
-  s1, m1 = grpo.make_train_step(graphdef, s1, tx, cfg, byte_rewards())(s1, batch, key)
+  return grpo.make_train_step(graphdef, s1, tx, cfg, byte_rewards())(s1, batch, key)
+
+
+@pytest.mark.parametrize("shape, devices", [((2, 2, 2), 8), ({"data": 2}, 2)],
+                         ids=["data-fsdp-tensor", "data-only"])
+def test_sharded_step_equals_single_device(single_device_step, shape, devices):
+  """Also on a data-only mesh, where each device runs its own rollout loop."""
+  cfg, tx, batch, key = _sharded_step_setup()
+  s1, m1 = single_device_step
   mesh = sharding.make_mesh(shape, jax.devices()[:devices])
   graphdef, s8 = grpo.init_state(model.init(TINY, seed=0, mesh=mesh), tx, cfg)
   with jax.set_mesh(mesh):

@@ -188,19 +188,17 @@ def test_sharded_equals_single_device(hf_checkpoint, videos, G):
   np.testing.assert_allclose(np.asarray(got["logprobs_NC"]), want["logprobs_NC"], atol=5e-5)
 
 
-@pytest.mark.parametrize("greedy", [False, True])
-def test_data_parallel_decode_runs_per_shard(hf_checkpoint, batch, greedy):
+def test_data_parallel_decode_runs_per_shard(hf_checkpoint, batch):
   """On a data-only mesh each device decodes its own videos (padded prompts, rows that
-  stop at different steps): the same tokens as one device, and no collective in the
-  compiled program's loops (no per-step vote across devices on whether all rows
-  stopped), where the SPMD loop has one."""
+  stop at different steps): the same tokens as one device, and no all-reduce in the
+  compiled program (no per-step vote across devices on whether all rows stopped, as
+  the SPMD loop of a mesh that splits the weights has)."""
   ids, pix, mask = batch
-  kw = dict(num_generations=3, max_new_tokens=C, top_k=20, top_p=0.9, stop_ids=(7, 11, 13),
-            greedy=greedy)
+  kw = dict(num_generations=3, max_new_tokens=C, top_k=20, top_p=0.9, stop_ids=(7, 11, 13))
   single, _ = model.from_pretrained(hf_checkpoint[0], mesh=sharding.single_device_mesh())
   want = jax.tree.map(np.asarray, rollout.generate_jit(single, ids, mask, pix,
                                                        rng=jax.random.key(9), **kw))
-  assert 0 < want["stopped_N"].sum() < len(want["stopped_N"]) or greedy
+  assert 0 < want["stopped_N"].sum() < len(want["stopped_N"])
   mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
   dp, _ = model.from_pretrained(hf_checkpoint[0], mesh=mesh)
   with jax.set_mesh(mesh):
@@ -211,13 +209,7 @@ def test_data_parallel_decode_runs_per_shard(hf_checkpoint, batch, greedy):
   for k in ("tokens_NC", "mask_NC", "lengths_N", "stopped_N"):
     np.testing.assert_array_equal(np.asarray(got[k]), want[k])
   np.testing.assert_allclose(np.asarray(got["logprobs_NC"]), want["logprobs_NC"], atol=5e-5)
-  assert "while(" in hlo and not any(op in hlo for op in ("all-reduce(", "all-reduce-start("))
-  fsdp = sharding.make_mesh({"fsdp": 2}, jax.devices()[:2])  # weights split: one SPMD loop
-  spmd, _ = model.from_pretrained(hf_checkpoint[0], mesh=fsdp)
-  with jax.set_mesh(fsdp):
-    hlo = rollout._generate_jit.lower(spmd, ids, mask, pix, jax.random.key(9), np.float32(1.0),
-                                      **rollout._static(**kw)).compile().as_text()
-  assert "all-reduce" in hlo
+  assert "while(" in hlo and "all-reduce" not in hlo
 
 
 def test_one_program_no_host_transfer_no_recompile(tiny, batch):
