@@ -176,10 +176,10 @@ def sample(logits_NV: jax.Array, key: jax.Array, *, temperature=1.0, top_k: int 
   top-p searches then stop when the shard's rows are done, with no cross-device vote.
   """
   N = logits_NV.shape[0]
-  if not greedy and uniform_N1 is None:
-    uniform_N1 = uniforms(key, N)
   if greedy:
-    uniform_N1 = jnp.zeros((N, 1), jnp.float32)  # unused; keeps one signature
+    uniform_N1 = None  # the argmax draws nothing
+  elif uniform_N1 is None:
+    uniform_N1 = uniforms(key, N)
   rows = functools.partial(_sample_rows, top_k=top_k, top_p=top_p, greedy=greedy)
   temperature = jnp.asarray(temperature, jnp.float32)
   axes = sharding.batch_axes()
