@@ -10,6 +10,8 @@ order of appearance), H/W pixels, M visual tokens of the batch, P tokens per fra
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,12 +166,20 @@ def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
          rules=sharding.DEFAULT_RULES) -> InternVL:
   """A randomly initialised model whose parameters are created already sharded."""
   mesh = mesh or sharding.single_device_mesh()
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(seed))))
-  shardings = sharding.param_shardings(abstract, mesh, rules)
+  graphdef, create = _init_program(cfg, mesh, tuple(rules.items()))
+  return nnx.merge(graphdef, create(np.int64(seed)))  # the key jax.random.key(seed) gives
 
+
+@functools.lru_cache(maxsize=16)
+def _init_program(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple):
+  """(graphdef, jitted seed -> state), compiled once per model, mesh and rules: the seed
+  is an argument, so other seeds (and other callers) reuse the program."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
+  shardings = sharding.param_shardings(abstract, mesh, dict(rules))
   # Under jit with out_shardings, each device materialises only its own shard.
-  create = jax.jit(lambda: nnx.state(InternVL(cfg, nnx.Rngs(seed))), out_shardings=shardings)
-  return nnx.merge(graphdef, create())
+  create = jax.jit(lambda seed: nnx.state(InternVL(cfg, nnx.Rngs(jax.random.key(seed)))),
+                   out_shardings=shardings)
+  return graphdef, create
 
 
 def from_pretrained(path, dtype=jnp.float32, *, param_dtype=None, mesh=None,

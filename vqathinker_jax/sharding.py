@@ -7,7 +7,6 @@ every parameter in `layers.py`; `DEFAULT_RULES` decides where each one goes.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Mapping, Sequence
 
