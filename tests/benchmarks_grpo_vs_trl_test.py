@@ -1,19 +1,20 @@
 """Smoke test of benchmarks/grpo_vs_trl.py: tiny settings, one JSON object with both sides."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import one_device
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_vs_trl.py"
 
 
 def test_grpo_vs_trl_runs_and_reports():
   pytest.importorskip("trl")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
+  env = one_device.env()  # one device, as run by hand
   out = subprocess.run(
       [sys.executable, str(SCRIPT), "--videos=2", "--generations=2", "--new_tokens=4",
        "--frames=1", "--steps=2", "--warmup=1", "--nosplit"],

@@ -18,6 +18,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import one_device
 from hf_tiny import TINY
 from vqathinker_jax import grpo, model, sharding
 from vqathinker_jax.checkpointing import Checkpointer
@@ -161,8 +162,7 @@ CHILD = textwrap.dedent("""
 
 def test_sigkill_during_write_leaves_previous_checkpoint_usable(tmp_path):
   ckpt_dir, log = tmp_path / "ckpt", tmp_path / "child.log"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
+  env = one_device.env(JAX_PLATFORMS="cpu")
   with open(log, "w") as err:
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt_dir)], env=env,
                              stdout=err, stderr=err)

@@ -1,6 +1,5 @@
 """config_check names every bad field with what is wrong, all problems at once."""
 
-import os
 import pathlib
 import runpy
 import subprocess
@@ -8,6 +7,7 @@ import sys
 
 import pytest
 
+import one_device
 from vqathinker_jax import config_check
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ MAIN = ROOT / "vqathinker_jax/main.py"
 @pytest.mark.skipif("config_check" not in MAIN.read_text(),
                     reason="main.py does not call config_check.validate yet")
 def test_main_rejects_a_bad_config_before_compiling(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": ""}
+  env = one_device.env()
   out = subprocess.run(
       [sys.executable, "-m", "vqathinker_jax.main", "--config", "configs/demo.py",
        "--workdir", str(tmp_path / "w"), "--config.grpo.num_generations=1"],

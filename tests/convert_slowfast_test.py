@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from safetensors import safe_open
 
 import ptv_ref

@@ -20,6 +20,20 @@ TINY = ModelConfig(
     image_token_id=IMAGE_TOKEN)
 
 
+def on_mesh(m, mesh):
+  """A copy of model ``m`` placed on ``mesh`` as `model.init` would create it there (the
+  same values; no random-init program to compile: sharding_test checks the init itself).
+  The copy owns its buffers, so a step that donates them leaves ``m`` intact."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from vqathinker_jax import sharding
+  graphdef, state = nnx.split(m)
+  # Copied first: device_put keeps the source buffer as the shard of its own device.
+  return nnx.merge(graphdef, jax.device_put(jax.tree.map(jnp.copy, state),
+                                            sharding.param_shardings(state, mesh)))
+
+
 def tiny_hf_config(*, tied=False, qk_norm=False, norm_type="layer_norm", final_norm=False,
                    image_size=56):
   from transformers import InternVLConfig

@@ -1,18 +1,19 @@
 """The entry point runs the demo config end to end and rejects malformed invocations."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import one_device
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _main(*args, cwd=ROOT):
-  env = {**os.environ, "XLA_FLAGS": ""}  # one device, as a user's CPU machine
+  env = one_device.env()  # one device, as a user's CPU machine
   return subprocess.run([sys.executable, "-m", "vqathinker_jax.main", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 

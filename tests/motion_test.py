@@ -13,7 +13,8 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from hf_tiny import IMAGE_TOKEN, TINY, make_hf_checkpoint, video_batch, write_chat_layout
+import tolerance
+from hf_tiny import IMAGE_TOKEN, TINY, make_hf_checkpoint, on_mesh, video_batch, write_chat_layout
 from ptv_ref import torch_features, torch_slowfast
 from vqathinker_jax import model, sharding, slowfast
 from vqathinker_jax.slowfast import FrozenParam, SlowFastConfig
@@ -74,15 +75,15 @@ def test_release_layout_logits_match_composed_reference(release, tmp_path):
   ids, pix, mask = video_batch(seed=1)
   ours = np.asarray(m(ids, pix, mask, train=True))
   ref = reference_logits(hf, sf, mlp, ids, pix, mask)
-  valid, scale = mask.astype(bool), np.abs(ref[mask.astype(bool)]).max()
-  assert scale > 0.1
-  # Positions from the motion token on carry SlowFast's float32 rounding (1e-5 relative
-  # at width 8) through LayerNorm: bound them relative to the logit scale (~9 here).
-  motion_pos = [np.nonzero(row == IMAGE_TOKEN)[0][-1] for row in ids]  # the last slot
-  err = np.abs(ours - ref).max(-1)
-  for b in range(len(ids)):
-    assert err[b, :motion_pos[b]].max() <= 1e-4
-  assert err[valid].max() <= 1e-4 * scale
+  valid = mask.astype(bool)
+  assert np.abs(ref[valid]).max() > 0.1
+  # Before the motion token the logits are model_test's; from it on they also carry
+  # SlowFast's rounding (conv algorithms differ), amplified by motion_mlp's LayerNorm.
+  motion_pos = np.array([np.nonzero(row == IMAGE_TOKEN)[0][-1] for row in ids])  # last slot
+  before = valid & (np.arange(ids.shape[1])[None] < motion_pos[:, None])
+  tolerance.assert_close(ours, ref, tolerance.LOGITS_VS_TORCH, where=before,
+                         name="logits before the motion token")
+  tolerance.assert_close(ours, ref, 1200, where=valid, name="logits")
   # The motion token matters: another video's SlowFast input changes the logits.
   pix2 = pix.copy()
   pix2[0, :, :, :, 0] += 1.0
@@ -95,7 +96,8 @@ def test_release_layout_logits_match_composed_reference(release, tmp_path):
   assert "slowfast_model.feature_extraction.4.multipathway_blocks.1.res_blocks.2.branch2.norm_c.running_var" in exported
   m2, cfg2 = model.from_pretrained(tmp_path / "export")
   assert cfg2 == cfg
-  np.testing.assert_allclose(np.asarray(m2(ids, pix, mask, train=True)), ours, atol=1e-6)
+  # The same float32 weights through the same program.
+  np.testing.assert_array_equal(np.asarray(m2(ids, pix, mask, train=True)), ours)
 
 
 # 56 px frames leave SlowFast a 2x2 grid: the head pools 2x2 instead of 7x7.
@@ -146,10 +148,10 @@ def test_video_batch_sharded_on_data_and_fsdp(tiny):
   ids, pix, mask = video_batch(seed=3, videos=4, size=56)
   want = np.asarray(tiny(ids, pix, mask, train=True))
   mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
-  sharded = model.init(TINY_MOTION, seed=1, mesh=mesh)
+  sharded = on_mesh(tiny, mesh)
   with jax.set_mesh(mesh):
     got = np.asarray(sharded(ids, pix, mask, train=True))
-  np.testing.assert_allclose(got, want, atol=1e-5)
+  tolerance.assert_close(got, want, tolerance.SHARDED, name="logits")
 
 
 @pytest.mark.parametrize("shape,dtype,match", [

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from hf_tiny import TINY, padded_batch, video_batch
+import tolerance
+from hf_tiny import TINY, on_mesh, padded_batch, video_batch
 from vqathinker_jax import model, sharding
 
 
@@ -25,7 +26,9 @@ def test_sharded_forward_equals_single_device(hf_checkpoint, mesh):
   with jax.set_mesh(mesh):
     out = sharded(input_ids=ids, pixel_values=pix, attention_mask=mask)
   assert out.sharding.spec[0] == ("fsdp", "data")  # activations follow the batch axes
-  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+  # The same logits summed in another order (split matmuls, all-reduces): float32 rounding
+  # at the logits' scale, nothing more.
+  tolerance.assert_close(out, ref, tolerance.SHARDED, name="logits")
 
 
 def test_every_matrix_is_split(hf_checkpoint, mesh):
@@ -44,10 +47,14 @@ def test_every_matrix_is_split(hf_checkpoint, mesh):
 
 
 def test_random_init_is_created_sharded(mesh):
-  m = model.init(TINY, seed=0, mesh=mesh)
+  m = model.init(TINY, seed=2, mesh=mesh)
   emb = m.llm.embed[...]
   assert emb.sharding.spec == P("tensor", "fsdp")
   assert len(emb.addressable_shards) == 8
+  # The same values as on one device: the tests that place a model on a mesh rely on it.
+  single = model.init(TINY, seed=2, mesh=sharding.single_device_mesh())
+  for a, b in zip(jax.tree.leaves(nnx.state(m)), jax.tree.leaves(nnx.state(single))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_logical_rules_fall_back_to_replication():
@@ -80,16 +87,16 @@ def test_mesh_fills_the_free_axis():
 def video_reference():
   batch = video_batch(seed=8, videos=8, frames=2, size=56, motion=False)
   single = model.init(TINY, seed=2, mesh=sharding.single_device_mesh())
-  return batch, np.asarray(single(*batch))
+  return batch, single, np.asarray(single(*batch))
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2)])
 def test_sharded_batch_forward_matches(shape, video_reference):
   """Video batches split over data x fsdp, frames through ViT + mlp1 + LLM: guards the
   XLA row permutation that a data-major batch order triggers (see constrain_batch)."""
-  (ids, pix, mask), want = video_reference
+  (ids, pix, mask), single, want = video_reference
   mesh = sharding.make_mesh(shape, jax.devices()[:8])
-  sharded = model.init(TINY, seed=2, mesh=mesh)
+  sharded = on_mesh(single, mesh)
   with jax.set_mesh(mesh):
     got = np.asarray(sharded(ids, pix, mask))
-  np.testing.assert_allclose(got, want, atol=1e-5)
+  tolerance.assert_close(got, want, tolerance.SHARDED, name="logits")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
+import tolerance
 from ptv_ref import torch_features, torch_slowfast
 from vqathinker_jax import slowfast
 from vqathinker_jax.slowfast import SlowFastConfig
@@ -18,7 +19,10 @@ def ours_from(m_torch, cfg):
   return ours
 
 
-@pytest.mark.parametrize("frames,size,train,batch", [(6, 448, True, 2), (12, 560, False, 1)])
+# Training's shape (6 frames at 448 px); evaluation's frame selection at 304 px rather than
+# its 560 (the same code path at a third of the cost: five ceil-halvings 304 -> 10, one of
+# them odd like 560's, and a grid larger than the 7x7 pool).
+@pytest.mark.parametrize("frames,size,train,batch", [(6, 448, True, 2), (12, 304, False, 1)])
 def test_parity_with_pytorchvideo(frames, size, train, batch):
   cfg = SlowFastConfig()
   rng = np.random.default_rng(frames)
@@ -29,7 +33,9 @@ def test_parity_with_pytorchvideo(frames, size, train, batch):
   got = np.asarray(jax.jit(lambda m, v: m(v, train=train))(ours_from(m_torch, cfg), x))
   assert got.shape == (batch, 2304)
   assert np.abs(want).max() > 0.1  # a real signal, not vanished activations
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  # Two different convolution algorithms through 50 layers of batch-normed ReLU blocks,
+  # pooled: rounding at the features' scale.
+  tolerance.assert_close(got, want, 750, name="features")
 
 
 def test_tiny_variant_parity_and_batch_independence():
@@ -38,12 +44,14 @@ def test_tiny_variant_parity_and_batch_independence():
   x = np.random.default_rng(0).standard_normal((3, 6, 64, 64, 3), dtype=np.float32)
   idx = slowfast.slow_indices(6, True, cfg)
   m_torch = torch_slowfast(cfg, torch.from_numpy(x).permute(0, 4, 1, 2, 3), idx)
-  ours = ours_from(m_torch, cfg)
-  got = np.asarray(ours(x, train=True))
+  ours = jax.jit(lambda m, v: m(v, train=True))
+  m = ours_from(m_torch, cfg)
+  got = np.asarray(ours(m, x))
   assert got.shape == (3, cfg.feature_dim()) == (3, 288)
-  # 2x2 pools average 4 positions instead of 64: rounding differences show more.
-  np.testing.assert_allclose(got, torch_features(m_torch, x, idx, 6), atol=1e-4, rtol=1e-3)
-  np.testing.assert_allclose(np.asarray(ours(x[1:2], train=True)), got[1:2], atol=1e-5)
+  # 2x2 pools average 4 positions instead of 64: less rounding averages out.
+  tolerance.assert_close(got, torch_features(m_torch, x, idx, 6), 2100, name="features")
+  # One video alone: the same arithmetic on a batch of 1 (other loop blockings).
+  tolerance.assert_close(ours(m, x[1:2]), got[1:2], 90, name="alone")
 
 
 @pytest.mark.parametrize("frames,train,want", [

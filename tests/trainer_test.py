@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+import one_device
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SFT, GRPO = 3, 3
 TINY = [
@@ -25,10 +27,9 @@ TINY = [
 
 
 def _env(tmp_path):
-  # One device as a user's CPU machine; compilations are shared between the runs.
-  return {**os.environ, "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  # One device as a user's CPU machine; compilations are shared between the runs through
+  # the session's compilation cache (conftest).
+  return one_device.env()
 
 
 def _cmd(workdir, *extra):
