@@ -189,7 +189,8 @@ def main(_):
   from trl import GRPOConfig as TRLConfig, GRPOTrainer
   from trl.data_utils import prepare_multimodal_messages
   from hf_tiny import make_hf_checkpoint
-  from vqathinker_jax import grpo, model, rewards, rollout
+  from vqathinker_jax import model
+  from vqathinker_jax.rl import grpo, rewards, rollout
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   hf_logging.set_verbosity_error()

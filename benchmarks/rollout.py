@@ -71,7 +71,9 @@ def main(_):
   import torch
   from hf_tiny import make_hf_checkpoint, video_batch
   from jax.sharding import NamedSharding, PartitionSpec
-  from vqathinker_jax import model, rollout, sharding
+  from vqathinker_jax import model
+  from vqathinker_jax.model import sharding
+  from vqathinker_jax.rl import rollout
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   devices = jax.devices()[:cores] if jax.default_backend() == "cpu" else jax.devices()

@@ -103,7 +103,7 @@ class Bench:
 
   def __init__(self, c):
     import jax
-    from vqathinker_jax import sharding
+    from vqathinker_jax.model import sharding
     from vqathinker_jax.tools import plan
     self.c = c
     self.mc = plan.model_config_from(c)
@@ -140,7 +140,7 @@ class Bench:
     return ids_BP, pix
 
   def grpo_config(self, G: int, **kw):
-    from vqathinker_jax import grpo
+    from vqathinker_jax.rl import grpo
     g = self.c.grpo
     return grpo.GRPOConfig(num_generations=G, max_completion_length=self.C, beta=g.beta,
                            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
@@ -161,7 +161,7 @@ class Bench:
 
 def rollout_section(b: Bench) -> dict:
   import jax
-  from vqathinker_jax import rollout
+  from vqathinker_jax.rl import rollout
   run = rollout.cached_generate(b.model())
   B, C, T = b.B, b.C, _ROLLOUT_FRAMES.value
   ids_BP, pix_BTHWC = b.prompt(B, T)
@@ -210,7 +210,7 @@ def _reward(G: int):
   bonus), group-normalised. It must read the perturbed tokens: a reward that ignores them
   lets XLA drop the whole perturbed rollout as dead code."""
   import jax.numpy as jnp
-  from vqathinker_jax import rewards
+  from vqathinker_jax.rl import rewards
 
   def even_share(tokens_NC, mask_NC):
     m = mask_NC.astype(jnp.float32)
@@ -228,7 +228,7 @@ def _compiled_step(b: Bench, G: int, T: int):
   """(compiled whole step, state, batch, lower + compile seconds) at G, T."""
   import jax
   import jax.numpy as jnp
-  from vqathinker_jax import grpo
+  from vqathinker_jax.rl import grpo
   cfg = b.grpo_config(G)
   tx = grpo.make_optimizer(1e-4)
   graphdef, state = grpo.init_state(b.model(), tx, cfg)
@@ -290,7 +290,7 @@ def step_section(b: Bench) -> dict:
 def mfu_section(b: Bench, peak_flops: float, step_rows: dict | None) -> dict:
   import jax
   import jax.numpy as jnp
-  from vqathinker_jax import grpo
+  from vqathinker_jax.rl import grpo
   from vqathinker_jax.tools import plan
   B, G, T, C = b.B, b.G, b.T, b.C
   cfg = b.grpo_config(G, logprob_chunk=G * C)  # one LM-head chunk: see the module docstring
@@ -336,7 +336,7 @@ def mfu_section(b: Bench, peak_flops: float, step_rows: dict | None) -> dict:
 
 def main(_):
   _timing.apply_xla_flags()
-  from vqathinker_jax.model_config import DTYPES
+  from vqathinker_jax.model.config import DTYPES
   start = time.perf_counter()
   b = Bench(_CONFIG.value)
   sections = set(_SECTIONS.value)

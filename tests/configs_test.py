@@ -87,7 +87,7 @@ def test_architectures_match_the_released_models(name, params):
   import jax
   from flax import nnx
   from vqathinker_jax import model
-  from vqathinker_jax.model_config import ModelConfig, TextConfig, VisionConfig
+  from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
   a = _load(name).model.arch
   cfg = ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()))
   abstract = nnx.eval_shape(lambda: model.InternVL(cfg, nnx.Rngs(0)))

@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 
-from vqathinker_jax.model_config import ModelConfig, TextConfig, VisionConfig
+from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
 
 IMAGE_TOKEN = 500
 VOCAB = 512
@@ -27,7 +27,7 @@ def on_mesh(m, mesh):
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from vqathinker_jax import sharding
+  from vqathinker_jax.model import sharding
   graphdef, state = nnx.split(m)
   # Copied first: device_put keeps the source buffer as the shard of its own device.
   return nnx.merge(graphdef, jax.device_put(jax.tree.map(jnp.copy, state),

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipelines import builder
-from vqathinker_jax import grpo, model_config, sharding, slowfast
+from vqathinker_jax.model import config as model_config, sharding, slowfast
+from vqathinker_jax.rl import grpo
 
 MODES = ("train", "eval", "predict", "smoke")
 LAYOUTS = ("train", "reference_eval")  # tokenizer.Prompt layouts
@@ -434,7 +435,7 @@ def _motion(c: _Checker, check_paths: bool) -> tuple[slowfast.SlowFastConfig, st
       return None
   stored, has_motion = {}, False
   if isinstance(ckpt, str) and ckpt and check_paths:
-    from vqathinker_jax import checkpoint
+    from vqathinker_jax.model import hf_checkpoint as checkpoint
     path = pathlib.Path(ckpt).expanduser()
     try:  # best effort (headers only): a missing checkpoint is reported by _check_paths
       stored = json.loads((path / "config.json").read_text()).get(checkpoint.MOTION_CONFIG_KEY, {})

@@ -46,14 +46,15 @@ def main(argv):
     # Orbax and Grain log every save and read at INFO; `-v 0` brings them back.
     logging.set_verbosity(logging.WARNING)
   if config.mode == "train":
-    from vqathinker_jax import train_log, trainer
+    from vqathinker_jax.train import log as train_log, trainer
     print(train_log.render_summary(trainer.run(config, workdir)))
   elif config.mode == "eval":
-    from vqathinker_jax import evaluate, trainer
+    from vqathinker_jax.eval import evaluate
+    from vqathinker_jax.train import trainer
     result = evaluate.run(config, workdir, model=trainer.trained_model(config, workdir))
     print(json.dumps(result, indent=2, default=str))
   elif config.mode == "predict":
-    from vqathinker_jax import predict
+    from vqathinker_jax.eval import predict
     print(json.dumps(predict.run(config, workdir), indent=2))
   else:
     from vqathinker_jax import smoke

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax import model, sharding
-from vqathinker_jax.model_config import ModelConfig, TextConfig, VisionConfig
+from vqathinker_jax import model
+from vqathinker_jax.model import sharding
+from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
 
 
 def model_config_from(c) -> ModelConfig:

@@ -19,8 +19,8 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
-from vqathinker_jax import slowfast
-from vqathinker_jax.checkpoint import MOTION_CONFIG_KEY, SLOWFAST_PREFIX
+from vqathinker_jax.model import slowfast
+from vqathinker_jax.model.hf_checkpoint import MOTION_CONFIG_KEY, SLOWFAST_PREFIX
 
 _FEATURE_KEY = re.compile(r"^(?:module\.)?(?:model\.)?blocks\.([0-4])\.(.+)$")
 

@@ -29,9 +29,9 @@ import pathlib
 import sys
 import types
 
-from vqathinker_jax import sharding
-from vqathinker_jax.model_config import ModelConfig, TextConfig, VisionConfig
-from vqathinker_jax.slowfast import SlowFastConfig
+from vqathinker_jax.model import sharding
+from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
+from vqathinker_jax.model.slowfast import SlowFastConfig
 
 # Text tokens of the SPEC §2 training prompt outside the `<IMG_CONTEXT>` slots, measured with
 # Qwen2.5's BPE (the InternVL3 tokenizer: qwen.tiktoken ranks and Qwen2's split regex) on
@@ -102,7 +102,7 @@ def model_config_from(c) -> ModelConfig:
                             pool_t_fast=mo.pool_t_fast, pool_hw=mo.pool_hw)
   path = pathlib.Path(m.checkpoint) if m.checkpoint else None
   if path is not None and (path / "config.json").exists():
-    from vqathinker_jax import checkpoint
+    from vqathinker_jax.model import hf_checkpoint as checkpoint
     hf = json.loads((path / "config.json").read_text())
     text = hf.get("text_config") or hf.get("llm_config") or {}
     # An untied LM head is what InternVL3 ships; the config's own flag is unreliable.
@@ -166,7 +166,7 @@ def slowfast_params(cfg: SlowFastConfig) -> int:
   """SlowFast's frozen weights, counted on the abstract module (its R50 layout is long)."""
   import jax
   from flax import nnx
-  from vqathinker_jax import slowfast
+  from vqathinker_jax.model import slowfast
   abstract = nnx.eval_shape(lambda: slowfast.SlowFast(cfg, dtype="float32", param_dtype="float32",
                                                       rngs=nnx.Rngs(0)))
   return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract)))
@@ -196,7 +196,7 @@ def sharded_param_bytes(mc: ModelConfig, mesh: dict) -> dict:
   import jax
   from flax import nnx
   from vqathinker_jax import model as model_lib
-  from vqathinker_jax.slowfast import FrozenParam
+  from vqathinker_jax.model.slowfast import FrozenParam
   abstract = nnx.eval_shape(lambda: model_lib.InternVL(mc, nnx.Rngs(0)))
   fake_mesh = types.SimpleNamespace(shape=dict(mesh), axis_names=tuple(mesh))
   out = dict(trainable=0, frozen=0, trainable_full=0, kernels_gathered=0)

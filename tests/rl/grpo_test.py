@@ -1,0 +1,289 @@
+"""GRPO update: packed log-probs equal unpacked ones (values and gradients), the loss equals
+a numpy restatement of each `loss_type`, and the jitted step's invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import tolerance
+from hf_tiny import IMAGE_TOKEN, TINY, VOCAB, on_mesh, video_batch
+from vqathinker_jax import model
+from vqathinker_jax.model import llm, sharding
+from vqathinker_jax.rl import grpo
+from vqathinker_jax.rl.grpo import GRPOConfig
+
+G, C = 3, 5
+
+
+def rollout_batch(seed=0, videos=2, frames=2):
+  """Right-padded video prompts with random completions (one holds the <IMG_CONTEXT> id
+  as an ordinary token), masks ending at random lengths."""
+  ids, pix, mask = video_batch(seed=seed, videos=videos, frames=frames, size=56, motion=False)
+  rng = np.random.default_rng(seed)
+  comp = rng.integers(0, IMAGE_TOKEN, (videos, G, C))
+  comp[0, 1, 2] = IMAGE_TOKEN
+  lengths = rng.integers(1, C + 1, (videos, G))
+  cmask = (np.arange(C)[None, None] < lengths[..., None]).astype(np.int32)
+  adv = rng.standard_normal((videos, G)).astype(np.float32)
+  return dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask), pixel_values=jnp.asarray(pix),
+              completions=jnp.asarray(comp), completion_mask=jnp.asarray(cmask),
+              advantages=jnp.asarray(adv))
+
+
+def unpacked_logprobs(m, batch):
+  """[B, G, C]: each (video, completion) as its own causal sequence `prompt[:len] + c`,
+  the B·G sequences right-padded into one batch (padding is never attended to)."""
+  ids_BP, mask_BP, comp_BGC = (np.asarray(batch[k]) for k in
+                               ("prompt_ids", "prompt_mask", "completions"))
+  B, P = ids_BP.shape
+  plens_N = np.repeat(mask_BP.sum(1), G)
+  ids_NL = np.zeros((B * G, P + C), np.int32)
+  for n, plen in enumerate(plens_N):
+    ids_NL[n, :plen] = ids_BP[n // G, :plen]
+    ids_NL[n, plen:plen + C] = comp_BGC[n // G, n % G]
+  valid_NL = (np.arange(P + C)[None] < (plens_N + C)[:, None]).astype(np.int32)
+  pix = jnp.repeat(batch["pixel_values"], G, axis=0)
+  h = m.hidden_states(ids_NL, pix, llm.positions_from_mask(valid_NL), llm.causal_mask(valid_NL),
+                      slots_BT=np.arange(P + C)[None] < plens_N[:, None])  # prompt slots only
+  logp_NLV = jax.nn.log_softmax(m.llm.logits(h))
+  before_NC = plens_N[:, None] - 1 + np.arange(C)[None]  # the positions predicting c
+  logp_NCV = jnp.take_along_axis(logp_NLV, before_NC[..., None], axis=1)
+  tokens_NC = comp_BGC.reshape(B * G, C)
+  return jnp.take_along_axis(logp_NCV, tokens_NC[..., None], axis=2)[..., 0].reshape(B, G, C)
+
+
+def fresh(m):
+  """A copy with its own buffers: the jitted steps donate the state's."""
+  graphdef, state = nnx.split(m)
+  return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return model.init(TINY, seed=0, mesh=sharding.single_device_mesh())
+
+
+def test_packed_logprobs_and_gradients_equal_unpacked(tiny):
+  batch = rollout_batch()
+  logp, ent = nnx.jit(lambda m, b: grpo.token_logprobs(
+      m, b["prompt_ids"], b["prompt_mask"], b["pixel_values"], b["completions"], chunk=4))(tiny, batch)
+  want = np.asarray(unpacked_logprobs(tiny, batch))
+  # Packed (block mask, chunked LM head) against padded sequences: the same sums in
+  # another order, at the log-probs' scale.
+  tolerance.assert_close(logp, want, 4, name="log-probs")
+  assert np.all(np.asarray(ent) > 0)
+
+  w = jnp.asarray(np.random.default_rng(1).standard_normal(batch["completions"].shape), jnp.float32)
+  def packed(m):
+    lp, _ = grpo.token_logprobs(m, batch["prompt_ids"], batch["prompt_mask"],
+                                batch["pixel_values"], batch["completions"], chunk=4)
+    return (lp * w).sum()
+  unpacked = lambda m: (unpacked_logprobs(m, batch) * w).sum()
+  g1 = nnx.state(nnx.jit(nnx.grad(packed))(tiny))
+  g2 = nnx.state(nnx.jit(nnx.grad(unpacked))(tiny))
+  # Each weight's gradient sums over every token: rounding at that weight's gradient scale.
+  # InternViT has no RoPE, so attention is shift-invariant in the keys and the key bias's
+  # gradient is 0: what is computed is rounding at the scale of the key kernel's gradient.
+  want = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(g2)}
+  for path, a in nnx.to_flat_state(g1):
+    scale_path = path[:-1] + ("kernel",) if path[0] == "vision" and path[-2:] == ("k", "bias") \
+        else path
+    tolerance.assert_close(a[...], want[path], 34, scale=np.abs(want[scale_path]).max(),
+                           name=".".join(map(str, path)))
+
+
+def numpy_loss(logp, old, ref, adv, mask, cfg, num_micro=1, absolute=False):
+  """SPEC §4 / TRL restated in numpy for one micro-batch. `absolute`: the same reduction
+  of the terms' magnitudes, the scale that the loss's rounding follows."""
+  ratio = np.exp(logp - old)
+  a = adv[..., None]
+  tok = -np.minimum(ratio * a, np.clip(ratio, 1 - cfg.epsilon, 1 + cfg.eps_high) * a)
+  d = ref - logp
+  kl = {"k1": -d, "k2": 0.5 * d ** 2, "k3": np.exp(d) - d - 1}[cfg.kl_estimator]
+  tok = tok + cfg.beta * kl
+  tok = np.abs(tok) if absolute else tok
+  m = mask.astype(np.float64)
+  if cfg.loss_type == "grpo":
+    return np.mean((tok * m).sum(-1) / np.maximum(m.sum(-1), 1)) / num_micro
+  if cfg.loss_type == "bnpo":
+    return (tok * m).sum() / max(m.sum(), 1) / num_micro
+  if cfg.loss_type == "dr_grpo":
+    return (tok * m).sum() / (tok.shape[0] * tok.shape[1] * cfg.max_completion_length) / num_micro
+  return (tok * m).sum() / max(m.sum(), 1)
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+@pytest.mark.parametrize("kl", grpo.KL_ESTIMATORS)
+def test_loss_matches_numpy(loss_type, kl):
+  cfg = GRPOConfig(loss_type=loss_type, kl_estimator=kl, beta=0.1, epsilon=0.2, epsilon_high=0.28,
+                   max_completion_length=9)
+  # A seed per case that does not change between processes (str hashes do).
+  rng = np.random.default_rng([grpo.LOSS_TYPES.index(loss_type), grpo.KL_ESTIMATORS.index(kl)])
+  shape = (3, 4, 9)
+  logp = rng.normal(-2, 1, shape).astype(np.float32)
+  old = (logp + rng.normal(0, 0.3, shape)).astype(np.float32)
+  ref = (logp + rng.normal(0, 0.3, shape)).astype(np.float32)
+  adv = rng.standard_normal(shape[:2]).astype(np.float32)
+  mask = rng.random(shape) < 0.7
+  tok, *_ = grpo.per_token_loss(logp, old, ref, adv, cfg)
+  got = float(grpo.reduce_loss(tok, mask, cfg, num_items=mask.sum()))
+  want = numpy_loss(logp.astype(np.float64), old, ref, adv, mask, cfg)
+  # float32 against float64: the rounding of the float32 terms and of their sum.
+  tolerance.assert_close(got, want, 4, name="loss",
+                         scale=numpy_loss(logp, old, ref, adv, mask, cfg, absolute=True))
+
+  # d loss / d logp against central finite differences.
+  f = lambda lp: grpo.reduce_loss(grpo.per_token_loss(lp, old, ref, adv, cfg)[0], mask, cfg,
+                                  num_items=mask.sum())
+  grad = np.asarray(jax.grad(f)(jnp.asarray(logp, jnp.float32)))
+  idxs = [(0, 0, 0), (1, 2, 3), (2, 3, 8), tuple(np.argwhere(mask)[5])]
+  fd = []
+  for idx in idxs:
+    e = np.zeros(shape, np.float64)
+    e[idx] = 1e-4
+    fd.append((numpy_loss(logp + e, old, ref, adv, mask, cfg)
+               - numpy_loss(logp - e, old, ref, adv, mask, cfg)) / 2e-4)
+  # float64 central differences are exact to ~h^2 = 1e-8 (relative) away from the clip's
+  # kinks: what is left is the float32 gradient's rounding, at the gradient's scale.
+  tolerance.assert_close([grad[i] for i in idxs], fd, 4, scale=np.abs(grad).max(),
+                         name="d loss / d logp")
+
+
+def test_zero_advantages_without_kl_leave_params_unchanged(tiny):
+  cfg = GRPOConfig(num_generations=G, beta=0.0, max_completion_length=C, logprob_chunk=4)
+  tx = grpo.make_optimizer(1e-2)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  before = jax.tree.map(np.asarray, state.params)
+  batch = dict(rollout_batch(), advantages=jnp.zeros((2, G)))
+  state, metrics = grpo.make_update_step(graphdef, state, tx, cfg)(state, batch)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+  assert float(metrics["loss"]) == 0.0 and int(state.step) == 1
+
+
+def test_step_updates_skips_non_finite_and_compiles_once(tiny):
+  cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=4,
+                   micro_batch_size=1, num_iterations=2)
+  tx = grpo.make_optimizer(1e-3)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  step = grpo.make_update_step(graphdef, state, tx, cfg)
+  batch = jax.device_put(rollout_batch(seed=2))
+  before = jax.tree.map(np.asarray, state.params)
+  state, metrics = step(state, batch)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), state.params, before)
+  assert all(jax.tree.leaves(changed))
+  assert int(metrics["skipped"]) == 0 and float(metrics["kl"]) > 0  # 2nd iteration moved away
+  # A NaN advantage: the state is kept, the skip counted; same shapes -> no recompilation.
+  kept = jax.tree.map(np.asarray, state.params)
+  bad = dict(batch, advantages=batch["advantages"].at[0, 0].set(jnp.nan))
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, bad)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), kept)
+  assert int(state.skipped) == cfg.num_iterations and step._cache_size() == 1
+
+
+# ------------------------------------------------------------- the whole GRPO step ---
+
+from vqathinker_jax.rl import rewards  # noqa: E402
+
+STOP = 3  # tiny vocabulary: a made-up end-of-turn id
+
+
+def step_batch(seed=0, videos=2, frames=2, copies=G):
+  b = rollout_batch(seed, videos, frames)
+  rng = np.random.default_rng(seed)
+  idx = np.stack([np.stack([rng.permutation(frames) for _ in range(copies)]) for _ in range(videos)])
+  return dict(prompt_ids=b["prompt_ids"], prompt_mask=b["prompt_mask"],
+              pixel_values=b["pixel_values"], labels=jnp.asarray(rng.uniform(1, 5, videos), jnp.float32),
+              perturb_idx=jnp.asarray(idx, jnp.int32), blank=jnp.zeros(idx.shape, bool))
+
+
+def byte_rewards():
+  # Token i reads as 4 ASCII bytes: random ids become random text, some digits and tags.
+  pieces = ["<think>", "</think>", "<answer>", "</answer>", "3.25", "4", " ", "\n"]
+  table = rewards.table_from_bytes(
+      [pieces[i].encode() if i < len(pieces) else bytes([32 + i % 95] * 4) for i in range(VOCAB)])
+  return grpo.vqathinker_rewards(table, rewards.RewardConfig())
+
+
+LR_SHARDED = 1e-4  # see test_sharded_step_equals_single_device
+
+
+@pytest.fixture(scope="module")
+def whole_step(tiny):
+  """(cfg, tx, jitted GRPO step, batch, key): one program for the single-device tests and
+  the reference of the sharded ones."""
+  cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
+  tx = grpo.make_optimizer(LR_SHARDED)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  step = grpo.make_train_step(graphdef, state, tx, cfg, byte_rewards())
+  return cfg, tx, step, step_batch(seed=4, videos=4), jax.random.key(1)
+
+
+def test_whole_step_is_one_program_without_host_transfers(tiny, whole_step):
+  cfg, tx, step, batch, _ = whole_step
+  _, state = grpo.init_state(fresh(tiny), tx, cfg)
+  batch = jax.device_put(batch)
+  k0, k1 = jax.random.split(jax.random.key(0))
+  state, metrics = step(state, batch, k0)
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, batch, k1)
+  assert step._cache_size() == 1 and int(state.step) == 2
+  for k in ("loss", "reward/total", "reward/format", "parse_fail_rate", "kl", "entropy",
+            "clipped_ratio", "frac_reward_zero_std", "grad_norm", "completion_length"):
+    assert np.isfinite(float(metrics[k])), k
+
+
+@pytest.fixture(scope="module")
+def single_device_step(tiny, whole_step):
+  cfg, tx, step, batch, key = whole_step
+  _, s1 = grpo.init_state(fresh(tiny), tx, cfg)
+  return jax.tree.map(np.asarray, step(s1, batch, key))
+
+
+@pytest.mark.parametrize("shape, devices", [((2, 2, 2), 8), ({"data": 2}, 2)],
+                         ids=["data-fsdp-tensor", "data-only"])
+def test_sharded_step_equals_single_device(tiny, whole_step, single_device_step, shape, devices):
+  """Rollout, rewards, reference and update on a mesh against one device (so the update's
+  own sharding too); on a data-only mesh each device runs its own rollout loop."""
+  cfg, tx, _, batch, key = whole_step
+  s1, m1 = single_device_step
+  mesh = sharding.make_mesh(shape, jax.devices()[:devices])
+  graphdef, s8 = grpo.init_state(on_mesh(tiny, mesh), tx, cfg)
+  with jax.set_mesh(mesh):
+    s8, m8 = grpo.make_train_step(graphdef, s8, tx, cfg, byte_rewards())(s8, batch, key)
+  # The loss's terms are ratio x advantage, advantages standardised per group: scale 1.
+  tolerance.assert_close(m8["loss"], m1["loss"], 4, scale=1.0, name="loss")
+  tolerance.assert_close(m8["reward/total"], m1["reward/total"], 4, name="reward")
+  # Each side rounds p - lr * u once (1 ulp of |p| each), where Adam's first step is
+  # u = g / (|g| + 1e-8): where g lies within its rounding dg (~1e-9: a few ulps of this
+  # model's ~3e-3 gradients, clipped to norm 1) of 0, u moves by up to dg / 1e-8 = 0.1.
+  # Seen: <= 0.007 lr beyond the 2 ulps.
+  for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(s8.params)[0],
+                               jax.tree_util.tree_flatten_with_path(s1.params)[0]):
+    tolerance.assert_close(a, b, 4, scale=np.abs(b), plus=0.1 * LR_SHARDED,
+                           name=jax.tree_util.keystr(path))
+
+
+def test_mean_reward_rises_on_a_toy_task(tiny):
+  """Reward = share of completion tokens below 64 (1/8 for the random start); ~1 after 30
+  steps (keys 2 to 6 checked by hand: the first 10 average <= 0.16, the last 10 >= 0.99)."""
+  G4 = 4
+  def toy_reward(tokens_NC, mask_NC, labels_B, perturbed):
+    m = mask_NC.astype(jnp.float32)
+    total = ((tokens_NC < 64) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    return dict(total=total, advantage=rewards.group_advantages(total, G4, 1e-4))
+  cfg = GRPOConfig(num_generations=G4, beta=0.0, max_completion_length=6, logprob_chunk=32,
+                   stop_ids=(STOP,), temporal=False, top_k=0)
+  tx = grpo.make_optimizer(1e-2)
+  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  step = grpo.make_train_step(graphdef, state, tx, cfg, toy_reward)
+  batch = jax.device_put(step_batch(seed=5, videos=4, frames=1))
+  curve, timed = [], grpo.TimedStep(step)
+  for key in jax.random.split(jax.random.key(2), 40):
+    state, metrics = timed(state, batch, key)
+    curve.append(float(metrics["reward/total"]))
+  assert metrics["compilations"] == 1 and metrics["tokens_per_s"] > 0
+  start, end = np.mean(curve[:10]), np.mean(curve[-10:])
+  assert start < 0.25 and end > start + 0.3, (start, end)

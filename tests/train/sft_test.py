@@ -1,0 +1,41 @@
+"""SFT step: it learns the targets, and a non-finite loss leaves the state untouched."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hf_tiny import IMAGE_TOKEN, TINY, video_batch
+from vqathinker_jax import model
+from vqathinker_jax.model import sharding
+from vqathinker_jax.rl import grpo
+from vqathinker_jax.train import sft
+
+
+def _batch(seed=0):
+  ids, pix, mask = video_batch(seed=seed, videos=2, frames=2, size=56, motion=False)
+  targets = np.random.default_rng(seed).integers(0, IMAGE_TOKEN, (2, 6)).astype(np.int32)
+  tmask = np.array([[1] * 6, [1] * 4 + [0] * 2], np.int32)
+  return dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask),
+              pixel_values=jnp.asarray(pix), targets=jnp.asarray(targets),
+              target_mask=jnp.asarray(tmask))
+
+
+def test_sft_step_learns_and_skips_non_finite():
+  tx = grpo.make_optimizer(3e-3)
+  m = model.init(TINY, seed=0, mesh=sharding.single_device_mesh())
+  graphdef, state = grpo.init_state(m, tx, grpo.GRPOConfig(beta=0.0))
+  step = jax.jit(functools.partial(sft.step, graphdef, tx=tx, chunk=4))
+  batch = _batch()
+  losses = []
+  for _ in range(5):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] and int(state.skipped) == 0 and int(state.step) == 5
+  kept = jax.tree.map(np.asarray, (state.params, state.opt_state))
+  bad = dict(batch, pixel_values=batch["pixel_values"].at[0, 0, 0, 0, 0].set(jnp.nan))
+  state, metrics = step(state, bad)
+  assert int(metrics["skipped"]) == 1 and int(state.skipped) == 1
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.tree.map(np.asarray, (state.params, state.opt_state)), kept)

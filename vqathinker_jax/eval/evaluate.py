@@ -1,0 +1,225 @@
+"""Evaluation (SPEC §5): greedy generation over the built data sets, the first `<answer>`
+parsed (fallback 3.0), SRCC/KRCC/PLCC (raw and 4-parameter logistic)/RMSE against the
+native MOS and the parse-failure rate per data set.
+
+Per data set, `{out_dir}/{name}.json` (metrics + every video), `{name}.png` (scatter and
+logistic fit) and `{name}_reasoning.jsonl` (one line per video with its text);
+`run` adds `summary.json` over all sets under `workdir/eval/<tag>/`.
+
+Legend: T frames, H/W pixels, S square frame side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from data_pipelines import builder, pipeline
+from vqathinker_jax.eval import correlation, predict, report
+from vqathinker_jax.text import tokenizer as tok_lib
+
+SYNTHETIC = "synthetic"  # the data set name config.data.synthetic builds
+
+
+# ----------------------------------------------------------------------------- data sets
+
+def data_dir_of(config, workdir) -> pathlib.Path:
+  """The TFDS data_dir the run reads: `config.data.data_dir`, or for the synthetic set
+  `<config.data.data_dir or workdir/data>/tfds` (its rendered clips go beside, in
+  `synthetic_videos`)."""
+  if config.data.synthetic.enabled:
+    return pathlib.Path(config.data.data_dir or pathlib.Path(workdir) / "data") / "tfds"
+  if not config.data.data_dir:
+    raise ValueError("config.data.data_dir is empty: point it at the TFDS data_dir the data "
+                     "sets were built into (python -m data_pipelines.prepare --data_dir ...), "
+                     "or enable config.data.synthetic")
+  return pathlib.Path(config.data.data_dir)
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 0) -> pathlib.Path:
+  """Renders (`synthetic.generate` with the `config.data.synthetic` fields) and builds the
+  synthetic set at ``frames`` x ``size`` unless already there; returns the TFDS data_dir.
+
+  Rendering is skipped when `synthetic_videos/render.json` records the same settings; the
+  build is skipped by the builder's own fingerprint. With several processes, process 0
+  goes first; the others then find everything done on a shared file system (or make
+  their own copy on a local one).
+  """
+  from data_pipelines import synthetic
+
+  s = config.data.synthetic
+  data_dir = data_dir_of(config, workdir)
+  root = data_dir.parent / "synthetic_videos"
+  settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
+                  height=s.height, width=s.width, scenes=s.scenes,
+                  distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
+
+  def make():
+    marker = root / "render.json"
+    if not (marker.exists() and json.loads(marker.read_text()) == settings):
+      synthetic.generate(str(root), workers=workers, **settings)
+      marker.write_text(json.dumps(settings))  # last: an interrupted render is redone
+    builder.build(SYNTHETIC, str(root / "labels.json"), str(root / "videos"), str(data_dir),
+                  frames, size, split=f"hash:{s.test_fraction}", workers=workers,
+                  progress=False)
+
+  if jax.process_index() == 0:
+    make()
+  _barrier("evaluate.ensure_synthetic")
+  if jax.process_index() != 0:
+    make()
+  return data_dir
+
+
+def open_set(data_dir, name: str, split: str, frames: int, size: int):
+  """The TFDS source of eval set ``name``; a clear error if it is not built."""
+  data_dir = pathlib.Path(data_dir)
+  tfds_name = builder.tfds_name(name, frames, size)
+  how = (f"build it with: python -m data_pipelines.prepare --name {name} --labels LABELS "
+         f"--videos VIDEO_DIR --data_dir {data_dir} --frames {frames} --size {size}")
+  dataset_dir = data_dir / tfds_name / builder.VERSION
+  if not (dataset_dir / "dataset_info.json").exists():
+    raise FileNotFoundError(
+        f"eval set {name!r} (config.eval.sets) is not built at {frames} frames x {size} px: no "
+        f"{dataset_dir} under config.data.data_dir={str(data_dir)!r}; {how}")
+  info = json.loads((dataset_dir / "dataset_info.json").read_text())
+  splits = sorted(sp["name"] for sp in info.get("splits", []))
+  if split not in splits:  # e.g. a hash split that left it empty
+    raise FileNotFoundError(
+        f"eval set {name!r} (config.eval.sets) has no split {split!r} (config.eval.split) in "
+        f"{dataset_dir}; it has {splits}")
+  return pipeline.data_source(str(data_dir), name, split, frames, size)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _text(v) -> str:
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _f32(v) -> float:
+  # The shortest decimal that round-trips the stored float32: the label file's 62.4, not
+  # 62.400001525878906.
+  return float(str(np.float32(v)))
+
+
+def _atomic_text(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, out_dir,
+                    batch_size: int, max_new_tokens: int, prompt_layout: str = "train",
+                    train_selection: bool = False, max_videos: int = 0) -> dict:
+  """Scores the records of ``source`` in order (the first ``max_videos`` if > 0) and writes
+  the report, plot and reasoning lines (process 0 only; every process generates).
+
+  Returns {dataset, metrics (eval_report's + `rmse_label`: RMSE against the [1, 5]
+  labels), n, frames, size, seconds (generation), videos_per_s, json_path, png_path,
+  reasoning_path}.
+  """
+  n = len(source) if max_videos <= 0 else min(len(source), max_videos)
+  if n < correlation.MIN_POINTS:
+    raise ValueError(f"eval set {name!r}: {n} videos; the correlations need at least "
+                     f"{correlation.MIN_POINTS}")
+  first = source[0]
+  T, H, W, _ = np.asarray(first["frames"]).shape
+  if H != W:
+    raise ValueError(f"eval set {name!r}: frames are {H}x{W}; expected square frames")
+  cfg = model.cfg
+  prompt = tok_lib.PromptConfig(
+      num_frames=T, motion=cfg.motion is not None, layout=prompt_layout,
+      tokens_per_frame=tok_lib.tokens_per_frame(H, cfg.vision.patch_size, cfg.downsample_ratio))
+  video_ids, mos, labels = [], [], []
+
+  def frames():
+    for i in range(n):
+      record = first if i == 0 else source[i]
+      video_ids.append(_text(record["video_id"]))
+      mos.append(_f32(record["mos"]))
+      labels.append(_f32(record["label"]))
+      yield np.asarray(record["frames"])
+
+  t0 = time.perf_counter()
+  scored = predict.score_batches(model, tokenizer, frames(), prompt=prompt,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 train_selection=train_selection)
+  seconds = time.perf_counter() - t0
+  pred = [s.score for s in scored]
+  ok = [s.parsed for s in scored]
+  texts = [s.text for s in scored]
+  out = pathlib.Path(out_dir)
+  stem = report._safe_name(name)  # pylint: disable=protected-access  # same file names
+  paths = dict(json_path=str(out / f"{stem}.json"), png_path=str(out / f"{stem}.png"),
+               reasoning_path=str(out / f"{stem}_reasoning.jsonl"))
+  if jax.process_index() == 0:
+    m = report.write_report(out, name, video_ids, pred, mos, texts, ok)["metrics"]
+    lines = [json.dumps(dict(video_id=v, mos=s, label=lb, prediction=p, parse_ok=o, text=t),
+                        ensure_ascii=False)
+             for v, s, lb, p, o, t in zip(video_ids, mos, labels, pred, ok, texts)]
+    _atomic_text(pathlib.Path(paths["reasoning_path"]), "\n".join(lines) + "\n")
+  else:  # the same numbers, without the files
+    m = correlation.evaluate(pred, mos)
+    m["n_parse_fail"] = n - int(sum(ok))
+    m["parse_failure_rate"] = m["n_parse_fail"] / n
+    m = report._jsonable(m)  # pylint: disable=protected-access
+  m["rmse_label"] = correlation.rmse(pred, labels)
+  return dict(dataset=name, metrics=m, n=n, frames=int(T), size=int(H),
+              seconds=round(seconds, 3), videos_per_s=round(n / seconds, 3), **paths)
+
+
+def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "eval") -> dict:
+  """`mode='eval'`: every set of `config.eval.sets` at `eval.frames` x `eval.size`.
+
+  ``model``/``tokenizer``/``mesh``: a trainer passes its own (the model restored from its
+  checkpoint); by default they come from the config. Writes `workdir/eval/<tag>/` (the
+  per-set files and `summary.json`), prints the summary table and returns the summary:
+  {tag, split, frames, size, sets: {name: evaluate_source's dict}, out_dir, summary_path}.
+  """
+  from vqathinker_jax import smoke
+  from vqathinker_jax.model import sharding
+  from vqathinker_jax.text import demo_tokenizer
+
+  workdir = pathlib.Path(workdir)
+  e = config.eval
+  names = [s.strip() for s in e.sets.split(",") if s.strip()]
+  if not names:
+    raise ValueError("config.eval.sets is empty: name the data sets to evaluate, comma-separated")
+  data_dir = data_dir_of(config, workdir)
+  if config.data.synthetic.enabled and SYNTHETIC in names:
+    ensure_synthetic(config, workdir, e.frames, e.size)
+  # Every set is opened before anything is generated: a typo fails in seconds, not hours.
+  sources = {n: open_set(data_dir, n, e.split, e.frames, e.size) for n in names}
+  mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+  if model is None:
+    model, _ = smoke.build_model(config, mesh)  # outside the mesh context: logical names there
+  if tokenizer is None:
+    tokenizer = demo_tokenizer.resolve(config.model, workdir)
+  out_dir = workdir / "eval" / tag
+  reports = {}
+  with jax.set_mesh(mesh):
+    for n, source in sources.items():
+      reports[n] = evaluate_source(
+          model, tokenizer, source, n, out_dir=out_dir, batch_size=e.batch_size,
+          max_new_tokens=e.max_new_tokens, prompt_layout=e.prompt_layout,
+          train_selection=e.train_selection, max_videos=e.max_videos)
+  summary = dict(tag=tag, split=e.split, frames=e.frames, size=e.size, sets=reports,
+                 out_dir=str(out_dir), summary_path=str(out_dir / "summary.json"))
+  summary = report._jsonable(summary)  # pylint: disable=protected-access  # NaN -> null
+  if jax.process_index() == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_text(out_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    print(report.summary_table(reports.values()))
+  return summary

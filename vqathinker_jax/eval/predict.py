@@ -1,0 +1,197 @@
+"""Score videos with a VQAThinker (or InternVL3) checkpoint: decode, prompt, greedy
+rollout, parse (SPEC §5). A bad file gives an error entry; the others are still scored.
+
+Legend: B videos per batch, T frames, H/W pixels, P prompt tokens, C new tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import pathlib
+from typing import Iterable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from data_pipelines import decode, perturb
+from vqathinker_jax.eval import report
+from vqathinker_jax.model import sharding
+from vqathinker_jax.rl import rollout
+from vqathinker_jax.text import tokenizer as tok_lib
+
+IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
+IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".yuv", ".flv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  video: str
+  score: float | None   # None when the video could not be read
+  parsed: bool          # an <answer> with a number was found (else SPEC §5's fallback 3.0)
+  text: str             # the model's reasoning and answer
+  error: str | None = None
+
+
+def normalize(frames_BTHWC: np.ndarray) -> np.ndarray:
+  """uint8 RGB -> ImageNet-normalised float32, as the ViT and SlowFast expect."""
+  return (frames_BTHWC.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def list_videos(spec) -> list[pathlib.Path]:
+  """Comma-separated paths or one folder (its video files, sorted); order kept."""
+  items = spec.split(",") if isinstance(spec, str) else list(spec)
+  out = []
+  for item in (str(i).strip() for i in items if str(i).strip()):
+    p = pathlib.Path(item).expanduser()
+    if p.is_dir():
+      out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES))
+    else:
+      out.append(p)  # a missing file is reported when it is read
+  if not out:
+    raise ValueError(f"no videos in {spec!r}")
+  return out
+
+
+class Scored(NamedTuple):
+  text: str      # the model's reasoning and answer
+  score: float   # SPEC §5: the first <answer>'s number, else 3.0
+  parsed: bool   # an <answer> with a number was found
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+  it = iter(items)
+  while chunk := list(itertools.islice(it, size)):
+    yield chunk
+
+
+def _to_device(x_B: np.ndarray) -> jax.Array:
+  """Host batch -> device, split over the batch axes of the mesh in context (replicated if
+  they do not divide it). Every process passes the same full batch and contributes its
+  own shards, so this also works when the mesh spans hosts."""
+  mesh = jax.sharding.get_mesh()
+  if mesh.empty:
+    return jnp.asarray(x_B)
+  axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+  split = axes and x_B.shape[0] % math.prod(mesh.shape[a] for a in axes) == 0
+  spec = NamedSharding(mesh, P(axes) if split else P())
+  return jax.make_array_from_callback(x_B.shape, spec, lambda idx: x_B[idx])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
+                  prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
+                  train_selection: bool = False) -> list[Scored]:
+  """Greedy generation + SPEC §5 parse for uint8 [T, H, W, 3] videos, in order.
+
+  ``frames`` is consumed lazily, one batch at a time (an evaluation set does not fit in
+  host memory). Every batch has the same shape (the last one is padded by repetition), so
+  the rollout compiles once. Call inside `jax.set_mesh(mesh)` to split the batch over the
+  mesh. ``train_selection``: SlowFast's training frame selection (T//3, x6) instead of the
+  evaluation one (T//4, x4).
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  ids_BP = np.tile(tok_lib.prompt_ids(tokenizer, prompt), (batch_size, 1))
+  ids_BP, mask_BP = _to_device(ids_BP), _to_device(np.ones_like(ids_BP))
+  rng = jax.random.key(0)  # unused by greedy decoding, but generate takes one
+
+  def launch(chunk):
+    pix_BTHWC = normalize(np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk))))
+    out = rollout.generate_jit(model, ids_BP, mask_BP, _to_device(pix_BTHWC), rng=rng,
+                               greedy=True, max_new_tokens=max_new_tokens,
+                               stop_ids=tokenizer.special.stop_ids, train=train_selection)
+    return len(chunk), out["tokens_NC"], out["lengths_N"]
+
+  def finish(n, tokens_NC, lengths_N):
+    tokens_BC, lengths_B = _to_host(tokens_NC)[:n], _to_host(lengths_N)[:n]
+    texts = [tokenizer.decode(t[:k]) for t, k in zip(tokens_BC, lengths_B)]
+    return [Scored(t, float(s), bool(ok))
+            for t, (s, ok) in zip(texts, map(report.parse_eval_answer, texts))]
+
+  results, pending = [], None
+  for chunk in _batches(frames, batch_size):
+    # Dispatch is asynchronous: the device runs this batch while the host decodes the
+    # previous batch's text and reads the next videos.
+    launched = launch(chunk)
+    if pending is not None:
+      results += finish(*pending)
+    pending = launched
+  if pending is not None:
+    results += finish(*pending)
+  return results
+
+
+def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: int, size: int,
+            max_new_tokens: int = 1024, batch_size: int = 4, prompt_layout: str = "train",
+            train_selection: bool = False) -> list[Prediction]:
+  """Greedy predictions in the order of ``videos`` (`score_batches` over the videos that
+  decode; the others get an error entry). Videos are decoded as the batches need them.
+
+  ``train_selection``: SlowFast's training frame selection (T//3, x6; e.g. 6 frames)
+  instead of the evaluation one (T//4, x4; the reference evaluates 12 frames at 560 px).
+  """
+  videos = list(videos)
+  cfg = model.cfg
+  prompt = tok_lib.PromptConfig(
+      num_frames=frames, motion=cfg.motion is not None, layout=prompt_layout,
+      tokens_per_frame=tok_lib.tokens_per_frame(size, cfg.vision.patch_size, cfg.downsample_ratio))
+  errors: dict[int, Prediction] = {}
+  good: list[int] = []
+
+  def decoded():
+    for i, path in enumerate(videos):
+      try:
+        frames_THWC = decode.decode(path, frames, size).frames_TxHxWx3
+      except (decode.DecodeError, OSError) as e:  # corrupt, missing, not a video, ...
+        errors[i] = Prediction(str(path), None, False, "", f"{type(e).__name__}: {e}")
+        continue
+      good.append(i)
+      yield frames_THWC
+
+  scored = score_batches(model, tokenizer, decoded(), prompt=prompt, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, train_selection=train_selection)
+  results = {i: Prediction(str(videos[i]), s.score, s.parsed, s.text)
+             for i, s in zip(good, scored)}
+  return [results.get(i) or errors[i] for i in range(len(videos))]
+
+
+def run(config, workdir: pathlib.Path) -> dict:
+  """`mode='predict'`: score `config.predict.videos` with `config.model.checkpoint`; writes
+  `predictions.json` to ``workdir`` and prints one line per video."""
+  import json
+  from vqathinker_jax import smoke
+  from vqathinker_jax.text import demo_tokenizer
+
+  c = config.predict
+  if not config.model.checkpoint:
+    raise ValueError("config.model.checkpoint: predict needs a checkpoint directory (with "
+                     "its tokenizer files)")
+  if not c.videos:
+    raise ValueError("config.predict.videos: give video paths (comma-separated) or a folder")
+  paths = list_videos(c.videos)
+  tokenizer = demo_tokenizer.resolve(config.model, workdir)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  m, _ = smoke.build_model(config, mesh)  # outside the mesh context: logical names there
+  with jax.set_mesh(mesh):
+    preds = predict(m, tokenizer, paths, frames=c.frames, size=c.size,
+                    max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                    prompt_layout=c.prompt_layout, train_selection=c.train_selection)
+  workdir.mkdir(parents=True, exist_ok=True)
+  out = workdir / "predictions.json"
+  out.write_text(json.dumps([dataclasses.asdict(p) for p in preds], indent=2, ensure_ascii=False))
+  for p in preds:
+    print(f"{p.video}\tERROR\t{p.error}" if p.error else
+          f"{p.video}\t{p.score:.2f}\t{' '.join(p.text.split())}")
+  failed = sum(p.error is not None for p in preds)
+  return {"predictions": str(out), "videos": len(preds), "failed": failed}

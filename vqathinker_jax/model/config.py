@@ -1,0 +1,86 @@
+"""Architecture configuration of the InternVL3 family (ViT + projector + Qwen2.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from vqathinker_jax.model.slowfast import SlowFastConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """InternViT. Defaults: InternViT-300M-448px as used by InternVL3-8B."""
+  hidden_size: int = 1024
+  num_layers: int = 24
+  num_heads: int = 16
+  intermediate_size: int = 4096
+  patch_size: int = 14
+  image_size: int = 448          # size the position embeddings were trained at
+  qkv_bias: bool = True
+  qk_norm: bool = False          # RMSNorm over q and k (InternViT-6B)
+  norm_type: str = "layer_norm"  # or "rms_norm" (InternViT-6B)
+  layer_norm_eps: float = 1e-6
+  layer_scale_init: float = 0.1
+  final_norm: bool = False       # InternVL3 has none (use_mean_pooling=True in transformers)
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  """Qwen2/Qwen2.5 decoder. Defaults: Qwen2.5-7B as in InternVL3-8B."""
+  vocab_size: int = 151674
+  hidden_size: int = 3584
+  num_layers: int = 28
+  num_heads: int = 28
+  num_kv_heads: int = 4
+  head_dim: int = 128
+  intermediate_size: int = 18944
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1_000_000.0
+  max_position_embeddings: int = 32768
+  tie_word_embeddings: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vision: VisionConfig = VisionConfig()
+  text: TextConfig = TextConfig()
+  image_token_id: int = 151667     # <IMG_CONTEXT>
+  downsample_ratio: float = 0.5    # pixel shuffle
+  vision_feature_layer: int = -1   # index into [embeddings, layer 1, ..., layer L]
+  motion: SlowFastConfig | None = None  # VQAThinker's motion branch (None: plain InternVL3)
+  dtype: str = "float32"           # compute dtype
+  param_dtype: str = "float32"     # storage dtype of parameters
+
+  def __post_init__(self):
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in DTYPES:
+        raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; expected one of "
+                         f"{sorted(DTYPES)}")
+    if self.downsample_ratio != 0.5:
+      raise ValueError(f"downsample_ratio={self.downsample_ratio}: only 0.5 (InternVL3) "
+                       "is supported")
+    if self.vision.hidden_size % self.vision.num_heads:
+      raise ValueError("vision.hidden_size must be divisible by vision.num_heads")
+    if self.text.num_heads % self.text.num_kv_heads:
+      raise ValueError("text.num_heads must be a multiple of text.num_kv_heads")
+
+  def tokens_per_frame(self, image_size: int | None = None) -> int:
+    """Visual tokens one frame becomes: 256 at 448 px, 400 at 560 px."""
+    grid = (image_size or self.vision.image_size) // self.vision.patch_size
+    return (grid // 2) ** 2
+
+
+def dtype_name(dtype) -> str:
+  """'float32' for jnp.float32, np.dtype('float32') or the string itself."""
+  name = jnp.dtype(dtype).name
+  if name not in DTYPES:
+    raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+  return name

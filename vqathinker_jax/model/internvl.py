@@ -1,0 +1,184 @@
+"""The InternVL3 multimodal model (Flax NNX): ViT + mlp1 (+ SlowFast and the motion
+token) + the Qwen2 decoder, and its random initialisation on a mesh.
+
+    m = init(cfg, seed=0, mesh=mesh)
+    logits_BTV = m(input_ids=ids_BT, pixel_values=pix_NHWC, attention_mask=mask_BT)
+
+Loading and export live in `hf_checkpoint` (which imports this module, never the reverse).
+
+Legend: B batch (videos), T tokens, D LLM width, V vocabulary, N frames (all videos, in
+order of appearance), H/W pixels, M visual tokens of the batch, P tokens per frame.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vqathinker_jax.model import llm, sharding, slowfast
+from vqathinker_jax.model.config import DTYPES, ModelConfig
+from vqathinker_jax.model.motion import MotionProjector
+from vqathinker_jax.model.vision import VisionTower
+
+
+def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array) -> jax.Array:
+  """Scatter visual tokens into the placeholder positions, in order (row-major)."""
+  B, T, D = x_BTD.shape
+  flat = is_visual_BT.reshape(-1)
+  idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats_MD.shape[0] - 1)
+  gathered = jnp.take(feats_MD.astype(x_BTD.dtype), idx, axis=0)
+  merged = jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
+  return sharding.constrain_batch(merged)  # the batch-merging reshape: see visual_tokens
+
+
+def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False) -> None:
+  """Checks with messages that name the problem, before anything compiles.
+
+  Shapes are checked always; slot counts only when `input_ids` is concrete.
+  """
+  if input_ids is None:
+    return
+  if np.ndim(input_ids) != 2:
+    raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
+  concrete = not isinstance(input_ids, jax.core.Tracer)
+  slots_B = (np.asarray(input_ids) == cfg.image_token_id).sum(1) if concrete else None
+  if pixel_values is None:
+    if concrete and slots_B.sum():
+      raise ValueError(f"input_ids hold {slots_B.sum()} <IMG_CONTEXT> tokens (id "
+                       f"{cfg.image_token_id}) but no pixel_values were given")
+    return
+  shape = tuple(np.shape(pixel_values))
+  if len(shape) not in (4, 5) or shape[-1] != 3:
+    raise ValueError("pixel_values must be [frames, height, width, 3] or [videos, frames, "
+                     f"height, width, 3] (channels last), got {shape}")
+  if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
+    raise ValueError(f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}")
+  step = 2 * cfg.vision.patch_size
+  if shape[-3] % step or shape[-2] % step:
+    raise ValueError(f"frame size {shape[-3]}x{shape[-2]} must be a multiple of {step} "
+                     "(patch size x pixel-shuffle factor)")
+  per_frame = (shape[-3] // step) * (shape[-2] // step)
+  if len(shape) == 5:
+    if shape[0] != np.shape(input_ids)[0]:
+      raise ValueError(f"{shape[0]} videos of frames for {np.shape(input_ids)[0]} sequences")
+    if cfg.motion is not None:
+      slowfast.check_frames(shape, pixel_values.dtype, train, cfg.motion)
+    expect = shape[1] * per_frame + (cfg.motion is not None)
+    if concrete and (slots_B != expect).any():
+      row = int(np.argmax(slots_B != expect))
+      motion = " + 1 motion token" if cfg.motion is not None else ""
+      raise ValueError(f"sequence {row} holds {slots_B[row]} <IMG_CONTEXT> slots, but its "
+                       f"{shape[1]} frames x {per_frame} tokens{motion} = {expect}")
+  elif concrete and slots_B.sum() != shape[0] * per_frame:
+    raise ValueError(f"{shape[0]} frames x {per_frame} tokens = {shape[0] * per_frame} visual "
+                     f"tokens, but input_ids hold {slots_B.sum()} <IMG_CONTEXT> slots")
+
+
+class InternVL(nnx.Module):
+  """ViT -> pixel shuffle -> mlp1 -> visual tokens merged into the Qwen2 decoder; with
+  `cfg.motion`, VQAThinker's SlowFast motion token after each video's frames."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.vision = VisionTower(cfg, rngs)
+    self.llm = llm.Qwen2(cfg.text, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    if cfg.motion is not None:
+      dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+      self.slowfast = slowfast.SlowFast(cfg.motion, dtype=dt, param_dtype=pdt, rngs=rngs)
+      self.motion_mlp = MotionProjector(cfg.motion.feature_dim(), cfg.text.hidden_size,
+                                        dtype=dt, param_dtype=pdt, rngs=rngs)
+    else:
+      self.slowfast = self.motion_mlp = None
+    self.cfg = cfg
+
+  def visual_tokens(self, pixel_values, train: bool = False) -> jax.Array:
+    """[M, D] in slot order: frame by frame for [N, H, W, 3]; for [B, T, H, W, 3], per
+    video its T frames, then its motion token when the model has the motion branch."""
+    # Every reshape that merges or splits the sharded batch dimension is followed by a
+    # constraint, so the batch stays split as the mesh says instead of as the partitioner
+    # guesses (the row-permutation bug itself is avoided by BATCH_AXES' order, sharding.py).
+    pix = sharding.constrain_batch(pixel_values)
+    if pix.ndim == 4:
+      feats_NPD = self.vision(pix)
+      return sharding.constrain_batch(feats_NPD.reshape(-1, feats_NPD.shape[-1]))
+    B, T, H, W, C = pix.shape
+    feats_NPD = self.vision(sharding.constrain_batch(pix.reshape(B * T, H, W, C)))
+    feats_BMD = sharding.constrain_batch(feats_NPD.reshape(B, -1, feats_NPD.shape[-1]))
+    if self.motion_mlp is not None:
+      # SlowFast is frozen: no gradient flows into it, motion_mlp trains.
+      motion_BF = jax.lax.stop_gradient(self.slowfast(pix, train=train))
+      motion_BD = self.motion_mlp(motion_BF).astype(feats_BMD.dtype)
+      feats_BMD = jnp.concatenate([feats_BMD, motion_BD[:, None]], axis=1)
+    return sharding.constrain_batch(feats_BMD.reshape(-1, feats_BMD.shape[-1]))
+
+  def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False,
+            slots_BT: jax.Array | None = None):
+    """Input embeddings [B, T, D] with visual tokens in the `<IMG_CONTEXT>` slots.
+
+    ``slots_BT`` restricts the slots (e.g. to the prompt: a sampled completion may hold
+    the `<IMG_CONTEXT>` id as an ordinary token).
+    """
+    x_BTD = self.llm.embed_tokens(input_ids_BT)
+    if pixel_values is None:
+      return x_BTD
+    is_visual_BT = input_ids_BT == self.cfg.image_token_id
+    if slots_BT is not None:
+      is_visual_BT = is_visual_BT & slots_BT.astype(bool)
+    return merge_visual(x_BTD, is_visual_BT, self.visual_tokens(pixel_values, train))
+
+  def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
+                    train: bool = False, slots_BT=None) -> jax.Array:
+    """Final-normed decoder states [B, T, D] for explicit positions and an attention
+    mask, [B, T, T] or a `layers.PrefixGroupMask` (packed GRPO rows); the LM head is left
+    to the caller."""
+    x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT)
+    h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS)
+    return sharding.constrain_batch(h_BTD)
+
+  def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):
+    input_ids_BT = sharding.constrain_batch(input_ids_BT)
+    if attention_mask_BT is None:
+      attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
+    x_BTD = self.embed(input_ids_BT, pixel_values, train)
+    h_BTD, _ = self.llm(x_BTD, llm.positions_from_mask(attention_mask_BT),
+                        llm.causal_mask(attention_mask_BT))
+    return sharding.constrain_batch(self.llm.logits(h_BTD))
+
+  def __call__(self, input_ids, pixel_values=None, attention_mask=None, *,
+               train: bool = False) -> jax.Array:
+    """Logits [B, T, V] (float32). Right-padded batches: pass `attention_mask`.
+
+    ``pixel_values``: [N, H, W, 3] frames in order of appearance, or [B, T, H, W, 3]
+    videos (the motion token needs these). ``train`` picks SlowFast's training frame
+    selection (SPEC §1).
+    """
+    check_inputs(self.cfg, input_ids, pixel_values, train)
+    return _jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask, train)
+
+
+@nnx.jit(static_argnames="train")
+def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask, train):
+  return m.forward(input_ids, pixel_values, attention_mask, train)
+
+
+def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+         rules=sharding.DEFAULT_RULES) -> InternVL:
+  """A randomly initialised model whose parameters are created already sharded."""
+  mesh = mesh or sharding.single_device_mesh()
+  graphdef, create = _init_program(cfg, mesh, tuple(rules.items()))
+  return nnx.merge(graphdef, create(np.int64(seed)))  # the key jax.random.key(seed) gives
+
+
+@functools.lru_cache(maxsize=16)
+def _init_program(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple):
+  """(graphdef, jitted seed -> state), compiled once per model, mesh and rules: the seed
+  is an argument, so other seeds (and other callers) reuse the program."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
+  shardings = sharding.param_shardings(abstract, mesh, dict(rules))
+  # Under jit with out_shardings, each device materialises only its own shard.
+  create = jax.jit(lambda seed: nnx.state(InternVL(cfg, nnx.Rngs(jax.random.key(seed)))),
+                   out_shardings=shardings)
+  return graphdef, create

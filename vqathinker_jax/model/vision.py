@@ -1,0 +1,185 @@
+"""InternViT encoder, pixel shuffle and the `mlp1` projector (channels-last).
+
+Legend: N frames, H/W pixels, h/w patch grid, P patches, C ViT width, D LLM width.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vqathinker_jax.model import layers
+from vqathinker_jax.model.config import DTYPES, ModelConfig, VisionConfig
+
+
+@functools.lru_cache(maxsize=None)
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] matrix of PyTorch's bicubic resize (align_corners=False, A=-0.75).
+
+  Source coordinate ``(dst + 0.5) * in / out - 0.5`` (not clamped: cubic), four taps
+  clamped to the border. `jax.image.resize('cubic')` uses a different kernel.
+  """
+  a = -0.75
+
+  def kernel(x):
+    x = abs(x)
+    if x <= 1:
+      return ((a + 2) * x - (a + 3)) * x * x + 1
+    if x < 2:
+      return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return 0.0
+
+  m = np.zeros((out_size, in_size), np.float64)
+  for dst in range(out_size):
+    src = (dst + 0.5) * in_size / out_size - 0.5
+    base = int(np.floor(src))
+    t = src - base
+    for tap, w in zip(range(base - 1, base + 3), (kernel(1 + t), kernel(t), kernel(1 - t),
+                                                   kernel(2 - t))):
+      m[dst, min(max(tap, 0), in_size - 1)] += w
+  return m.astype(np.float32)
+
+
+def resize_pos_embed(pos_hwC: jax.Array, out_h: int, out_w: int) -> jax.Array:
+  """Bicubic resize of the position grid, in float32 (identity at the trained size)."""
+  in_h, in_w, _ = pos_hwC.shape
+  if (in_h, in_w) == (out_h, out_w):
+    return pos_hwC
+  mh, mw = bicubic_matrix(in_h, out_h), bicubic_matrix(in_w, out_w)
+  return jnp.einsum("oi,ijc,pj->opc", mh, pos_hwC.astype(jnp.float32), mw,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def pixel_shuffle(x_NhwC: jax.Array) -> jax.Array:
+  """[N, h, w, C] -> [N, h/2 * w/2, 4C]; token (i, j) = patches (2i,2j),(2i,2j+1),(2i+1,2j),(2i+1,2j+1)."""
+  N, h, w, C = x_NhwC.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"pixel shuffle needs an even patch grid, got {h}x{w}")
+  x = x_NhwC.reshape(N, h // 2, 2, w // 2, 2, C).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(N, (h // 2) * (w // 2), 4 * C)
+
+
+class VisionAttention(nnx.Module):
+
+  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+    C = cfg.hidden_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q = layers.Dense(C, C, ("vit_embed", "vit_heads"), bias=cfg.qkv_bias, **kw)
+    self.k = layers.Dense(C, C, ("vit_embed", "vit_heads"), bias=cfg.qkv_bias, **kw)
+    self.v = layers.Dense(C, C, ("vit_embed", "vit_heads"), bias=cfg.qkv_bias, **kw)
+    self.proj = layers.Dense(C, C, ("vit_heads", "vit_embed"), bias=True, **kw)
+    if cfg.qk_norm:
+      self.q_norm = layers.RMSNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
+      self.k_norm = layers.RMSNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
+    else:
+      self.q_norm = self.k_norm = None
+    self.num_heads = cfg.num_heads
+
+  def __call__(self, x_NPC: jax.Array) -> jax.Array:
+    N, P, C = x_NPC.shape
+    q, k, v = self.q(x_NPC), self.k(x_NPC), self.v(x_NPC)
+    if self.q_norm is not None:  # over the full width, before the head split
+      q, k = self.q_norm(q), self.k_norm(k)
+    E = C // self.num_heads
+    split = lambda t: t.reshape(N, P, self.num_heads, E)
+    out = layers.attention(split(q), split(k), split(v), None, E ** -0.5)
+    return self.proj(out.reshape(N, P, C))
+
+
+class VisionBlock(nnx.Module):
+  """Pre-norm block with layer-scale: x += ls1*attn(norm1 x); x += ls2*mlp(norm2 x)."""
+
+  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+    C, F = cfg.hidden_size, cfg.intermediate_size
+    norm = functools.partial(layers.make_norm, cfg.norm_type, C, cfg.layer_norm_eps, "norm",
+                             dtype=dtype, param_dtype=param_dtype)
+    self.norm1, self.norm2 = norm(), norm()
+    self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.ls1 = layers.param(rngs, (C,), param_dtype, ("norm",), cfg.layer_scale_init)
+    self.ls2 = layers.param(rngs, (C,), param_dtype, ("norm",), cfg.layer_scale_init)
+    kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = layers.Dense(C, F, ("vit_embed", "vit_mlp"), **kw)
+    self.fc2 = layers.Dense(F, C, ("vit_mlp", "vit_embed"), **kw)
+
+  def __call__(self, x_NPC: jax.Array) -> jax.Array:
+    dt = x_NPC.dtype
+    x_NPC = x_NPC + self.ls1[...].astype(dt) * self.attn(self.norm1(x_NPC))
+    h = self.fc2(layers.gelu(self.fc1(self.norm2(x_NPC))))
+    return x_NPC + self.ls2[...].astype(dt) * h
+
+
+class InternViT(nnx.Module):
+  """Patch embedding + CLS + learned positions + blocks. Returns patch tokens [N, P, C]."""
+
+  def __init__(self, cfg: VisionConfig, feature_layer: int, *, dtype, param_dtype, rngs):
+    C, p, g = cfg.hidden_size, cfg.patch_size, cfg.grid
+    self.patch_kernel = layers.param(rngs, (p, p, 3, C), param_dtype, (None, None, None, "vit_embed"))
+    self.patch_bias = layers.param(rngs, (C,), param_dtype, ("vit_embed",), "zeros")
+    self.cls = layers.param(rngs, (C,), param_dtype, ("vit_embed",))
+    self.pos = layers.param(rngs, (1 + g * g, C), param_dtype, (None, "vit_embed"))
+    # hidden_states = [embeddings, block 1, ..., block L]; keep only the blocks needed.
+    num_states = cfg.num_layers + 1
+    if not -num_states <= feature_layer < num_states:
+      raise ValueError(f"vision_feature_layer={feature_layer} outside [-{num_states}, {num_states})")
+    num_run = feature_layer % num_states
+    self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                            for _ in range(num_run)])
+    # transformers' optional final norm is a LayerNorm whatever `norm_type` says.
+    self.final_norm = (layers.LayerNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype,
+                                        param_dtype=param_dtype)
+                       if cfg.final_norm and num_run == cfg.num_layers else None)
+    self.cfg, self.dtype = cfg, dtype
+
+  def __call__(self, pix_NHWC: jax.Array) -> jax.Array:
+    N, H, W, _ = pix_NHWC.shape
+    p, C, g = self.cfg.patch_size, self.cfg.hidden_size, self.cfg.grid
+    h, w = H // p, W // p
+    # The stride-p p x p convolution itself: as a matmul over flattened patches, the patch
+    # gather is a 6-d transpose that cost XLA's CPU backend 2.5x the convolution.
+    x_NhwC = jax.lax.conv_general_dilated(
+        pix_NHWC.astype(self.dtype), self.patch_kernel[...].astype(self.dtype), (p, p), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x_NPC = x_NhwC.reshape(N, h * w, C) + self.patch_bias[...].astype(self.dtype)
+    pos = self.pos[...]
+    pos_patch = resize_pos_embed(pos[1:].reshape(g, g, C), h, w).reshape(h * w, C)
+    cls_C = (self.cls[...] + pos[0]).astype(self.dtype)
+    x_NPC = x_NPC + pos_patch.astype(self.dtype)
+    x_NPC = jnp.concatenate([jnp.broadcast_to(cls_C, (N, 1, C)), x_NPC], axis=1)
+    for block in self.blocks:
+      x_NPC = block(x_NPC)
+    if self.final_norm is not None:
+      x_NPC = self.final_norm(x_NPC)
+    return x_NPC[:, 1:]  # the CLS token is dropped
+
+
+class Projector(nnx.Module):
+  """`mlp1`: LayerNorm(4C, eps 1e-5) -> Linear -> GELU -> Linear to the LLM width."""
+
+  def __init__(self, c_in: int, d: int, *, dtype, param_dtype, rngs):
+    self.norm = layers.LayerNorm(c_in, 1e-5, "norm", dtype=dtype, param_dtype=param_dtype)
+    kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = layers.Dense(c_in, d, ("proj_in", "embed"), **kw)
+    self.fc2 = layers.Dense(d, d, ("mlp", "embed"), **kw)
+
+  def __call__(self, x_NPC: jax.Array) -> jax.Array:
+    return self.fc2(layers.gelu(self.fc1(self.norm(x_NPC))))
+
+
+class VisionTower(nnx.Module):
+  """Frames -> visual tokens in LLM width: ViT, pixel shuffle, projector."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    self.vit = InternViT(cfg.vision, cfg.vision_feature_layer, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.mlp1 = Projector(4 * cfg.vision.hidden_size, cfg.text.hidden_size, dtype=dt,
+                          param_dtype=pdt, rngs=rngs)
+
+  def __call__(self, pix_NHWC: jax.Array) -> jax.Array:
+    x_NPC = self.vit(pix_NHWC)
+    N, H, W, _ = pix_NHWC.shape
+    p = self.vit.cfg.patch_size
+    return self.mlp1(pixel_shuffle(x_NPC.reshape(N, H // p, W // p, -1)))

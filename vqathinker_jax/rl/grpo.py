@@ -1,0 +1,420 @@
+"""GRPO policy update (SPEC §4): packed group log-probs, the loss with TRL's normalisers,
+and one functional, jitted update step.
+
+Each video's prompt and its G completions are packed as `[prompt | c1 | ... | cG]` with a
+block mask (a completion sees the prompt and, causally, itself), so the ViT, SlowFast and
+the prompt run once per group: P + G·C tokens per pass instead of G·(P + C).
+
+Legend: B videos, G completions per video, P prompt tokens, C completion tokens,
+L = P + G·C packed tokens, D width, K tokens per LM-head chunk, N = B·G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from data_pipelines import perturb
+from vqathinker_jax.model import layers
+from vqathinker_jax.rl import rewards as rewards_lib, rollout
+
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """The update's knobs; names follow TRL's `GRPOConfig` where the meaning is the same."""
+  num_generations: int = 4          # G completions per video
+  beta: float = 0.04                # KL weight; 0 skips the reference model entirely
+  kl_estimator: str = "k3"          # k3 = exp(ref - logp) - (ref - logp) - 1 (SPEC); k1, k2
+  epsilon: float = 0.2              # ratio clip, lower side: 1 - epsilon
+  epsilon_high: float | None = None # upper side: 1 + epsilon_high (None: epsilon)
+  loss_type: str = "grpo"           # grpo | bnpo | dapo | dr_grpo (TRL's normalisers)
+  num_iterations: int = 1           # policy updates per rollout batch (old log-probs kept)
+  max_completion_length: int = 2048 # C; dr_grpo divides by it
+  temperature: float = 1.0          # sampling temperature; log-probs are of this distribution
+  top_k: int = 50                   # sampling: keep the k likeliest tokens (0: all)
+  top_p: float = 1.0                # sampling: nucleus mass (1: all)
+  stop_ids: tuple = (151645, 151643)  # <|im_end|>, <|endoftext|>
+  temporal: bool = True             # also roll out G perturbed copies per video (SPEC §3)
+  logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
+  micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
+  logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
+
+  def __post_init__(self):
+    if self.loss_type not in LOSS_TYPES:
+      raise ValueError(f"loss_type {self.loss_type!r} not in {LOSS_TYPES}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator {self.kl_estimator!r} not in {KL_ESTIMATORS}")
+    if self.num_generations < 2:
+      raise ValueError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")
+    if self.num_iterations < 1:
+      raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+
+  @property
+  def eps_high(self) -> float:
+    return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+# ------------------------------------------------------------------------- packing ---
+
+def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC):
+  """`[prompt | c1 | ... | cG]` per video: ids [B, L], positions [B, L], the attention
+  pattern (`layers.PrefixGroupMask`), prompt slots [B, L] (where visual tokens may go),
+  and for each completion token the packed index whose hidden state predicts it,
+  src [B, G, C]."""
+  B, P = prompt_ids_BP.shape
+  _, G, C = completions_BGC.shape
+  L = P + G * C
+  plen_B = prompt_mask_BP.astype(jnp.int32).sum(1)
+  ids_BL = jnp.concatenate([prompt_ids_BP, completions_BGC.reshape(B, G * C)], axis=1)
+  offset_L = jnp.concatenate([jnp.arange(P), jnp.tile(jnp.arange(C), G)])
+  is_prompt_L = jnp.arange(L) < P
+  pos_BL = jnp.where(is_prompt_L, jnp.minimum(offset_L, plen_B[:, None] - 1),
+                     plen_B[:, None] + offset_L)
+  mask = layers.PrefixGroupMask(prompt_mask_BP.astype(bool), groups=G, group_len=C)
+  c_idx = P + jnp.arange(G)[:, None] * C + jnp.arange(C)[None, :]  # [G, C]
+  src_BGC = jnp.where(jnp.arange(C)[None, None, :] == 0, plen_B[:, None, None] - 1,
+                      (c_idx - 1)[None])
+  slots_BL = jnp.broadcast_to(is_prompt_L[None], (B, L))
+  return dict(ids=ids_BL, positions=pos_BL, mask=mask, slots=slots_BL, src=src_BGC)
+
+
+def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completions_BGC, *,
+                   temperature: float = 1.0, chunk: int = 256, train: bool = True):
+  """Log-probs [B, G, C] of the completion tokens and the entropies of their predictive
+  distributions, from one packed pass; the LM head runs K tokens at a time (rematerialised
+  in the backward pass) so [B, G·C, V] logits never exist at once."""
+  B, G, C = completions_BGC.shape
+  packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC)
+  h_BLD = model.hidden_states(packed["ids"], pixel_values, packed["positions"], packed["mask"],
+                              train=train, slots_BT=packed["slots"])
+  h_BMD = jnp.take_along_axis(h_BLD, packed["src"].reshape(B, G * C, 1), axis=1)
+  tgt_BM = completions_BGC.reshape(B, G * C)
+  M = G * C
+  K = min(chunk, M)
+  n = -(-M // K)
+  h_nBKD = jnp.pad(h_BMD, ((0, 0), (0, n * K - M), (0, 0))).reshape(B, n, K, -1).swapaxes(0, 1)
+  tgt_nBK = jnp.pad(tgt_BM, ((0, 0), (0, n * K - M))).reshape(B, n, K).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(h_BKD, tgt_BK):
+    logp_BKV = jax.nn.log_softmax(model.llm.logits(h_BKD) / temperature, axis=-1)
+    logp_BK = jnp.take_along_axis(logp_BKV, tgt_BK[..., None], axis=-1)[..., 0]
+    entropy_BK = -(jnp.exp(logp_BKV) * logp_BKV).sum(-1)
+    return logp_BK, entropy_BK
+
+  _, (logp_nBK, ent_nBK) = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (h_nBKD, tgt_nBK))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(B, n * K)[:, :M].reshape(B, G, C)
+  return unchunk(logp_nBK), unchunk(ent_nBK)
+
+
+# ---------------------------------------------------------------------------- loss ---
+
+def kl_divergence(logp, ref_logp, estimator: str = "k3"):
+  """Per-token KL(policy || reference) estimate from log-probs of the sampled tokens."""
+  d = ref_logp - logp
+  if estimator == "k1":
+    return -d
+  if estimator == "k2":
+    return 0.5 * d * d
+  return jnp.exp(d) - d - 1.0
+
+
+def per_token_loss(logp_BGC, old_logp_BGC, ref_logp_BGC, adv_BG, cfg: GRPOConfig):
+  """`-min(r·A, clip(r)·A) + β·KL` per token, and the clip indicators."""
+  ratio = jnp.exp(logp_BGC - old_logp_BGC)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon, 1.0 + cfg.eps_high)
+  a = adv_BG[..., None]
+  loss = -jnp.minimum(ratio * a, clipped * a)
+  kl = jnp.zeros_like(loss)
+  if cfg.beta:
+    kl = kl_divergence(logp_BGC, ref_logp_BGC, cfg.kl_estimator)
+    loss = loss + cfg.beta * kl
+  low = (ratio < 1.0 - cfg.epsilon) & (a < 0)
+  high = (ratio > 1.0 + cfg.eps_high) & (a > 0)
+  return loss, kl, low, high
+
+
+def reduce_loss(loss_BGC, mask_BGC, cfg: GRPOConfig, num_items=None, num_micro: int = 1):
+  """TRL's normalisers for one micro-batch of ``num_micro``: grpo = mean over sequences of
+  the token mean; bnpo = token mean over the micro-batch; dr_grpo = sum / (N·C_max);
+  dapo = sum / ``num_items`` (completion tokens in the whole global batch)."""
+  m = mask_BGC.astype(loss_BGC.dtype)
+  total = (loss_BGC * m).sum()
+  if cfg.loss_type == "grpo":
+    per_seq = (loss_BGC * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
+    return per_seq.mean() / num_micro
+  if cfg.loss_type == "bnpo":
+    return total / jnp.maximum(m.sum(), 1.0) / num_micro
+  if cfg.loss_type == "dr_grpo":
+    return total / (loss_BGC.shape[0] * loss_BGC.shape[1] * cfg.max_completion_length) / num_micro
+  return total / jnp.maximum(num_items, 1.0)
+
+
+# ---------------------------------------------------------------------------- step ---
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any                # the trainable nnx.Param leaves, as a nested dict of arrays
+  rest: Any                  # every other variable (frozen SlowFast weights, ...), ditto
+  opt_state: Any
+  ref_params: Any            # the frozen initial policy's params (None when beta == 0)
+  skipped: jax.Array         # updates skipped for a non-finite loss or gradient
+
+
+def init_state(model, tx: optax.GradientTransformation, cfg: GRPOConfig):
+  """(graphdef, TrainState) from a model; the reference is a copy of its params. The state
+  holds the model's own arrays and the jitted steps donate it: the model object is spent."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # Plain arrays, not nnx.Variable leaves: a jitted step flattens and rebuilds the whole
+  # state on every call, and Variables do that in Python (~8 ms per step for the tiny
+  # model's 4 x 73 leaves, a third of its update); `nnx.merge` takes the dicts as they are.
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  ref = jax.tree.map(jnp.copy, params) if cfg.beta else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                     opt_state=tx.init(params), ref_params=ref, skipped=jnp.zeros((), jnp.int32))
+  # Counters and optimiser scalars go on the parameters' mesh too: one layout for the
+  # whole state, so the jitted step's outputs match its inputs and never recompile.
+  mesh = jax.tree.leaves(params)[0].sharding.mesh
+  on_mesh = lambda x: (x if isinstance(x.sharding, jax.sharding.NamedSharding) else
+                       jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+  return graphdef, jax.tree.map(on_mesh, state)
+
+
+def apply_if_finite(tx: optax.GradientTransformation, loss, grads, params, opt_state):
+  """One optimiser update, or none when the loss or the gradient is not finite.
+
+  Returns (params, opt_state, grad_norm, finite). A `lax.cond` rather than a select per
+  leaf: the skipped branch does no work, and the step stays a few ops instead of one
+  select for each of the params' and both moments' leaves (hundreds of runtime calls on
+  a small model).
+  """
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  def apply(operands):
+    grads, params, opt_state = operands
+    updates, new_opt = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt
+
+  params, opt_state = jax.lax.cond(finite, apply, lambda ops: ops[1:],
+                                   (grads, params, opt_state))
+  return params, opt_state, grad_norm, finite
+
+
+def _micro(x, n):
+  """[B, ...] -> [n, B/n, ...]."""
+  return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+
+def _logprobs_no_grad(graphdef, params, rest, batch, cfg, n_micro):
+  """Log-probs of a frozen copy (old policy or reference) in micro-batches."""
+  def one(mb):
+    m = nnx.merge(graphdef, params, rest)
+    logp, _ = token_logprobs(m, mb["prompt_ids"], mb["prompt_mask"], mb["pixel_values"],
+                             mb["completions"], temperature=cfg.temperature,
+                             chunk=cfg.logprob_chunk)
+    return jax.lax.stop_gradient(logp)
+  keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions")
+  mbs = {k: _micro(batch[k], n_micro) for k in keys}
+  out = jax.lax.map(one, mbs)
+  return out.reshape(-1, *out.shape[2:])
+
+
+def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransformation,
+           cfg: GRPOConfig):
+  """`num_iterations` policy updates on one batch of scored rollouts -> (state, metrics).
+
+  batch: prompt_ids [B, P], prompt_mask [B, P], pixel_values (frames of the B videos),
+  completions [B, G, C], completion_mask [B, G, C] (through the first EOS), advantages
+  [B, G], and optionally old_logp [B, G, C] (the sampler's log-probs; default: this
+  policy's, i.e. ratio 1 on the first iteration).
+  """
+  B = batch["prompt_ids"].shape[0]
+  mb = cfg.micro_batch_size or B
+  lmb = cfg.logprob_micro_batch_size or B
+  if B % mb or B % lmb:
+    raise ValueError(f"batch of {B} videos is not divisible by micro-batch sizes {mb}, {lmb}")
+  n_micro, n_lp = B // mb, B // lmb
+  mask = batch["completion_mask"]
+  num_items = mask.astype(jnp.float32).sum()
+  # Named scopes split the step's time by phase in an XLA profile (one program, no host
+  # clock inside it).
+  old_logp = batch.get("old_logp")
+  # One update per batch: the old policy is this one, so ratio = exp(logp - sg(logp)) = 1
+  # with the same gradient, and the extra no-grad pass (TRL's too) is skipped.
+  ratio_one = old_logp is None and cfg.num_iterations == 1
+  if old_logp is None and not ratio_one:
+    with jax.named_scope("old_logprobs"):
+      old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
+  with jax.named_scope("reference"):
+    ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
+                if cfg.beta else jnp.zeros(mask.shape, jnp.float32))
+  data = dict(batch, ref_logp=ref_logp)
+  keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions", "completion_mask",
+          "advantages", "ref_logp")
+  if not ratio_one:
+    data["old_logp"] = old_logp
+    keys += ("old_logp",)
+
+  def micro_loss(params, mbatch):
+    m = nnx.merge(graphdef, params, state.rest)
+    logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
+                               mbatch["pixel_values"], mbatch["completions"],
+                               temperature=cfg.temperature, chunk=cfg.logprob_chunk)
+    old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
+    tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
+    cm = mbatch["completion_mask"].astype(jnp.float32)
+    loss = reduce_loss(tok, cm, cfg, num_items, n_micro)
+    sums = dict(kl=(kl * cm).sum(), clip_low=(low * cm).sum(), clip_high=(high * cm).sum(),
+                entropy=(ent * cm).sum())
+    return loss, sums
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def one_iteration(carry, _):
+    params, opt_state = carry
+    def accumulate(acc, mbatch):
+      (loss, sums), g = grad_fn(params, mbatch)
+      return jax.tree.map(jnp.add, acc, (loss, sums, g)), None
+    zero = (jnp.zeros(()), dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0),
+            jax.tree.map(jnp.zeros_like, params))
+    zero = jax.tree.map(jnp.asarray, zero)
+    (loss, sums, grads), _ = jax.lax.scan(accumulate, zero,
+                                          {k: _micro(data[k], n_micro) for k in keys})
+    params, opt_state, grad_norm, finite = apply_if_finite(tx, loss, grads, params,
+                                                           opt_state)
+    out = dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32),
+               **{k: v / jnp.maximum(num_items, 1.0) for k, v in sums.items()})
+    return (params, opt_state), out
+
+  with jax.named_scope("update"):
+    (params, opt_state), per_iter = jax.lax.scan(
+        one_iteration, (state.params, state.opt_state), None, length=cfg.num_iterations)
+  metrics = jax.tree.map(lambda x: x[-1], per_iter)
+  metrics["skipped"] = per_iter["skipped"].sum()
+  lengths = mask.astype(jnp.float32).sum(-1)
+  metrics.update(completion_length=lengths.mean(), completion_length_min=lengths.min(),
+                 completion_length_max=lengths.max(), tokens=num_items)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            skipped=state.skipped + metrics["skipped"])
+  return new_state, metrics
+
+
+def make_optimizer(cfg_lr: float | optax.Schedule, *, max_grad_norm: float = 1.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """SPEC §4's AdamW with global-norm clipping (0: none)."""
+  parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  return optax.chain(*parts, optax.adamw(cfg_lr, b1=b1, b2=b2, eps=eps,
+                                         weight_decay=weight_decay))
+
+
+def _jit_keeping_layout(step_fn, state: TrainState):
+  """jit ``step_fn(state, ...) -> (state, metrics)`` so the new state keeps the layout of
+  ``state`` (parameters stay sharded as created, and the next call does not recompile)
+  and reuses its buffers (donated)."""
+  layout = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(step_fn, out_shardings=(layout, None), donate_argnums=0)
+
+
+def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
+  """The jitted `step(state, batch) -> (state, metrics)` (see `_jit_keeping_layout`)."""
+  return _jit_keeping_layout(lambda st, batch: update(graphdef, st, batch, tx, cfg), state)
+
+
+# -------------------------------------------------------------- rollout -> update ---
+
+def vqathinker_rewards(table: rewards_lib.ByteTable, cfg: rewards_lib.RewardConfig,
+                       max_bytes: int | None = None):
+  """SPEC §3's rewards of sampled token ids, on device: `reward_fn` for `train_step`.
+
+  ``max_bytes`` bounds the detokenised text (default: C x the longest token, which for
+  Qwen's vocabulary is ~100x C); longer completions are scored as cut (`overflow`).
+  """
+  def reward_fn(tokens_NC, mask_NC, labels_B, perturbed):
+    return rewards_lib.rewards_from_ids(table, tokens_NC, mask_NC, labels_B, cfg,
+                                        perturbed=perturbed, max_bytes=max_bytes)
+  return reward_fn
+
+
+def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig,
+               reward_fn):
+  """Rollout -> rewards -> `update`, one traceable function (jit it whole).
+
+  batch: prompt_ids [B, P] and prompt_mask [B, P] (right-padded), pixel_values
+  [B, T, H, W, 3] (normalised), labels [B] in [1, 5], and for the temporal reward
+  perturb_idx / blank [B, G, T] (`data_pipelines.pipeline`). ``reward_fn(tokens_NC,
+  mask_NC, labels_B, perturbed)`` returns at least `total` and `advantage` [N].
+  """
+  B = batch["prompt_ids"].shape[0]
+  G, C = cfg.num_generations, cfg.max_completion_length
+  sample_kw = dict(max_new_tokens=C, temperature=cfg.temperature, top_k=cfg.top_k,
+                   top_p=cfg.top_p, stop_ids=tuple(cfg.stop_ids), train=True)
+  policy = nnx.merge(graphdef, state.params, state.rest)
+  rng_orig, rng_pert = jax.random.split(rng)
+  with jax.named_scope("rollout"):
+    out = rollout.generate(policy, batch["prompt_ids"], batch["prompt_mask"],
+                           batch["pixel_values"], rng=rng_orig, num_generations=G, **sample_kw)
+  perturbed = None
+  if cfg.temporal and "perturb_idx" in batch:
+    # G perturbed copies per video, one rollout each; scored, never trained on.
+    pix_BGTHWC = perturb.apply_perturbations(batch["pixel_values"], batch["perturb_idx"],
+                                             batch["blank"])
+    with jax.named_scope("rollout_perturbed"):
+      pert = rollout.generate(policy, jnp.repeat(batch["prompt_ids"], G, axis=0),
+                              jnp.repeat(batch["prompt_mask"], G, axis=0),
+                              pix_BGTHWC.reshape(B * G, *pix_BGTHWC.shape[2:]), rng=rng_pert,
+                              num_generations=1, **sample_kw)
+    perturbed = (pert["tokens_NC"], pert["mask_NC"])
+  with jax.named_scope("rewards"):
+    scores = reward_fn(out["tokens_NC"], out["mask_NC"], batch["labels"], perturbed)
+  update_batch = dict(
+      prompt_ids=batch["prompt_ids"], prompt_mask=batch["prompt_mask"],
+      pixel_values=batch["pixel_values"], completions=out["tokens_NC"].reshape(B, G, C),
+      completion_mask=out["mask_NC"].reshape(B, G, C),
+      advantages=scores["advantage"].reshape(B, G))
+  state, metrics = update(graphdef, state, update_batch, tx, cfg)
+  total_BG = scores["total"].reshape(B, G)
+  metrics.update({f"reward/{k}": v.astype(jnp.float32).mean() for k, v in scores.items()
+                  if k not in ("advantage", "score", "decimals")})
+  metrics.update(
+      frac_reward_zero_std=(total_BG.std(1) == 0).mean(),
+      clipped_ratio=1.0 - out["stopped_N"].astype(jnp.float32).mean())
+  if "valid" in scores:
+    metrics["parse_fail_rate"] = 1.0 - scores["valid"].astype(jnp.float32).mean()
+  return state, metrics
+
+
+def make_train_step(graphdef, state: TrainState, tx, cfg: GRPOConfig, reward_fn):
+  """The jitted `step(state, batch, rng) -> (state, metrics)`: the whole GRPO step as one
+  program (see `_jit_keeping_layout`)."""
+  return _jit_keeping_layout(
+      lambda st, b, r: train_step(graphdef, st, b, r, tx, cfg, reward_fn), state)
+
+
+class TimedStep:
+  """Host wrapper of a jitted step: adds wall time, generated tokens/s and the number of
+  compilations so far to the metrics (fetching them ends the asynchronous dispatch, so
+  wrap only where metrics are read every step anyway)."""
+
+  def __init__(self, step):
+    self.step = step
+
+  def __call__(self, *args):
+    t0 = time.perf_counter()
+    state, metrics = self.step(*args)
+    metrics = jax.device_get(metrics)
+    dt = time.perf_counter() - t0
+    metrics.update(step_time_s=dt, tokens_per_s=float(metrics["tokens"]) / dt,
+                   compilations=self.step._cache_size())
+    return state, metrics

@@ -1,0 +1,72 @@
+"""The demo's tokenizer: a tiny Qwen2-style byte-level BPE trained in-process on the
+VQAThinker prompt and answer templates (no downloads), saved like a checkpoint's.
+
+The InternVL added tokens come first (ids 0-5, so `<IMG_CONTEXT>` is 5 whatever the corpus
+learns); the rest of the 512 ids are bytes and merges. Digits stay single tokens, as in
+Qwen's pre-tokenizer, so scores are written digit by digit.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import tokenizers
+from tokenizers import pre_tokenizers
+
+from vqathinker_jax.text import tokenizer as tok_lib
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", tok_lib.IMG_START, tok_lib.IMG_END,
+           tok_lib.IMG_CONTEXT]
+VOCAB_SIZE = 512
+# ITU-T P.910 ACR words for the MOS bands [1, 1.8), [1.8, 2.6), ...: the SFT reasoning.
+QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")
+
+
+def quality_word(mos: float) -> str:
+  """The ACR word of a MOS in [1, 5]."""
+  return QUALITY_WORDS[min(int((float(mos) - 1.0) / 0.8), len(QUALITY_WORDS) - 1)]
+
+
+def _corpus() -> list[str]:
+  prompt = tok_lib.prompt_text(tok_lib.PromptConfig(num_frames=12, tokens_per_frame=1),
+                               expand=False)
+  answers = [f"<think>The video looks {w}.</think>\n<answer>{s:.2f}</answer>"
+             for w in QUALITY_WORDS for s in (1.25, 2.5, 3.75, 4.9)]
+  return [prompt] * 8 + answers * 4 + ["0123456789 .-\n"]
+
+
+def build() -> tok_lib.Tokenizer:
+  """The demo tokenizer (deterministic: same corpus, same merges)."""
+  backend = tokenizers.Tokenizer(tokenizers.models.BPE())
+  backend.normalizer = tokenizers.normalizers.NFC()
+  backend.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(tok_lib.QWEN2_SPLIT), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+  backend.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=VOCAB_SIZE, show_progress=False, special_tokens=SPECIAL,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  backend.train_from_iterator(_corpus(), trainer)
+  return tok_lib.Tokenizer(backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def save(tok: tok_lib.Tokenizer, out_dir) -> pathlib.Path:
+  """Writes tokenizer.json + tokenizer_config.json (what `tokenizer.load_tokenizer` reads)."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  tok.backend.save(str(out / "tokenizer.json"))
+  (out / "tokenizer_config.json").write_text(json.dumps(
+      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+  return out
+
+
+def resolve(model_config, workdir) -> tok_lib.Tokenizer:
+  """The run's tokenizer from the `model` config section: 'demo' builds (once) and saves the
+  demo tokenizer under workdir/tokenizer; else `tokenizer` or the checkpoint's files."""
+  if model_config.tokenizer == "demo":
+    path = pathlib.Path(workdir) / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+      save(build(), path)
+    return tok_lib.load_tokenizer(path)
+  return tok_lib.load_tokenizer(model_config.tokenizer or model_config.checkpoint)

@@ -1,0 +1,66 @@
+"""SFT warm-start: cross-entropy on templated `<think>…</think><answer>x.xx</answer>` targets.
+
+A random (or un-tuned) model cannot find the answer format by sampling, so GRPO would see
+zero reward everywhere; a short supervised stage teaches the format and a first score.
+The loss reuses GRPO's packed log-prob pass with one completion per video.
+Legend: B videos, P prompt tokens, C target tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vqathinker_jax.rl import grpo
+from vqathinker_jax.text import demo_tokenizer, tokenizer as tok_lib
+
+
+def target_text(label: float, think: str) -> str:
+  """The completion the model is taught for a video with MOS `label` in [1, 5]."""
+  reason = think.format(quality=demo_tokenizer.quality_word(label))
+  return f"<think>{reason}</think>\n<answer>{float(label):.2f}</answer>"
+
+
+def target_length(tokenizer: tok_lib.Tokenizer, think: str) -> int:
+  """Fixed target width C (so the step compiles once): the longest templated target,
+  plus `<|im_end|>`, rounded up to a multiple of 8."""
+  longest = max(len(tokenizer.encode(target_text(x, think)))
+                for x in (1.0, 1.9, 2.7, 3.5, 4.3, 5.0))
+  return -(-(longest + 1) // 8) * 8
+
+
+def targets(tokenizer: tok_lib.Tokenizer, labels_B, think: str, length: int):
+  """(ids_BC, mask_BC) int32: each target then `<|im_end|>`, right-padded."""
+  seqs = [np.append(tokenizer.encode(target_text(x, think)), tokenizer.special.im_end)
+          for x in np.asarray(labels_B, np.float64)]
+  return tok_lib.pad_batch(seqs, tokenizer.special.pad, length)
+
+
+def loss_fn(model, prompt_ids_BP, prompt_mask_BP, pixel_values, target_BC, mask_BC, chunk=256):
+  """Mean token cross-entropy of the targets (through `<|im_end|>`)."""
+  logp_B1C, _ = grpo.token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values,
+                                    target_BC[:, None], chunk=chunk)
+  m = mask_BC.astype(jnp.float32)
+  return -(logp_B1C[:, 0] * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def step(graphdef, state: grpo.TrainState, batch: dict, tx: optax.GradientTransformation,
+         chunk: int = 256):
+  """One SFT update -> (state, metrics). batch: prompt_ids/prompt_mask [B, P], pixel_values,
+  targets/target_mask [B, C]. Non-finite gradients leave the state unchanged (counted)."""
+  from flax import nnx
+
+  def f(params):
+    m = nnx.merge(graphdef, params, state.rest)
+    return loss_fn(m, batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+                   batch["targets"], batch["target_mask"], chunk)
+
+  loss, grads = jax.value_and_grad(f)(state.params)
+  params, opt_state, grad_norm, finite = grpo.apply_if_finite(tx, loss, grads, state.params,
+                                                              state.opt_state)
+  skipped = (~finite).astype(jnp.int32)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                      skipped=state.skipped + skipped)
+  return new, dict(loss=loss, grad_norm=grad_norm, skipped=skipped)
