@@ -33,7 +33,7 @@ from data_pipelines import synthetic
 
 _VIDEOS = flags.DEFINE_integer("videos", 8, "clips to render and read")
 _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 240, "frames per clip (8 s at 30 fps)")
-# 540p, 8 s: a typical user-generated clip of the SPEC §5 sets (LSVQ, KoNViD-1k).
+# 540p, 8 s: a typical user-generated clip of the docs/method.md §5 sets (LSVQ, KoNViD-1k).
 _CLIP_HEIGHT = flags.DEFINE_integer("clip_height", 540, "clip height (even)")
 _CLIP_WIDTH = flags.DEFINE_integer("clip_width", 960, "clip width (even)")
 _FRAMES = flags.DEFINE_integer("frames", 6, "frames sampled per video (T)")

@@ -78,7 +78,7 @@ _VIDEOS = flags.DEFINE_integer("videos", 4, "prompts (videos) per batch")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "completions per prompt (G)")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "tokens generated per completion (C)")
 _FRAMES = flags.DEFINE_integer("frames", 6, "56 px frames per video (4 visual tokens each); 6 as "
-                              "SPEC §2's training clips")
+                              "docs/method.md §2's training clips")
 _BETA = flags.DEFINE_float("beta", 0.04, "KL weight; > 0 runs a reference model on both sides")
 _LOSS_TYPE = flags.DEFINE_enum("loss_type", "grpo", ["grpo", "bnpo", "dr_grpo", "dapo"],
                                "loss normaliser (both sides)")
@@ -191,6 +191,7 @@ def main(_):
   from hf_tiny import make_hf_checkpoint
   from vqathinker_jax import model
   from vqathinker_jax.rl import grpo, rewards, rollout
+  from vqathinker_jax.train import state as train_state, steps
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   hf_logging.set_verbosity_error()
@@ -220,10 +221,10 @@ def main(_):
   cfg = grpo.GRPOConfig(num_generations=G, beta=beta, kl_estimator="k3", epsilon=0.2,
                         loss_type=_LOSS_TYPE.value, num_iterations=1, max_completion_length=C,
                         temperature=1.0, top_k=top_k, top_p=1.0, stop_ids=(), temporal=False)
-  tx = grpo.make_optimizer(_LR.value, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
+  tx = train_state.make_optimizer(_LR.value, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
                            weight_decay=0.0)
   policy, _ = model.from_pretrained(ckpt)
-  graphdef, state = grpo.init_state(policy, tx, cfg)
+  graphdef, state = train_state.init_state(policy, tx, reference=bool(cfg.beta))
   del policy
   mesh = jax.tree.leaves(state.params)[0].sharding.mesh
 
@@ -236,7 +237,7 @@ def main(_):
                pixel_values=jnp.asarray(pix.reshape(B, T, 3, size, size)
                                         .transpose(0, 1, 3, 4, 2)),
                labels=jnp.ones((B,), jnp.float32))
-  step_fn = grpo.make_train_step(graphdef, state, tx, cfg, reward_fn)
+  step_fn = steps.make_grpo_step(graphdef, state, tx, cfg, reward_fn)
 
   @jax.jit
   def rollout_fn(params, rest, batch, rng):

@@ -5,7 +5,7 @@
 
 Both run the same tiny random InternVL checkpoint (tests/hf_tiny.py) on the same prompts
 (`videos` prompts, `frames` 56 px frames each, `text` text tokens either side), sampling
-with temperature 1 and top-k 50 (SPEC §4), exactly `new_tokens` tokens per completion (no
+with temperature 1 and top-k 50 (docs/method.md §4), exactly `new_tokens` tokens per completion (no
 stop ids). transformers gets each prompt repeated G times (as the reference rolls out);
 ours prefills each prompt once and shares its cache among the G samples. Ours runs through
 `rollout.cached_generate` (and, for comparison, `generate_jit`, which pays NNX's graph

@@ -19,7 +19,7 @@ rollout  `rollout.cached_generate` with the prompt prefilled once per video and 
          (B·G prompts, `num_generations=1`: what TRL does), for each G: time, generated
          tokens/s and repeated / shared. At G = 1 both are the same compiled program: their
          ratio shows the timing noise.
-step     the whole jitted GRPO step (`grpo.make_train_step`, `temporal=True`: the G
+step     the whole jitted GRPO step (`train.steps.make_grpo_step`, `temporal=True`: the G
          perturbed rollouts too) vs frames at the default G and vs G at the default T:
          lower + compile time, median step time, XLA's `memory_analysis()` of the very
          executable timed and, where the backend reports it (GPU; None on CPU), the
@@ -29,7 +29,7 @@ step     the whole jitted GRPO step (`grpo.make_train_step`, `temporal=True`: th
          on-device stand-in (`_reward`: token statistics of the rollout and of the
          perturbed rollout, through `rewards.group_advantages`): the real one parses
          bytes, which this is not about.
-mfu      the policy update alone (`grpo.make_update_step`: reference pass + forward +
+mfu      the policy update alone (`train.steps.make_update_step`: reference pass + forward +
          backward + AdamW) at the default B, G, T: XLA's `cost_analysis()` FLOPs / median
          time / the matmul peak measured in this run (`_timing.matmul_peak_flops`), next to
          the planner's count (`tools/plan.step_flops`). The LM head runs in one chunk here
@@ -205,7 +205,7 @@ def rollout_section(b: Bench) -> dict:
 # -------------------------------------------------------------------------- step ---
 
 def _reward(G: int):
-  """A cheap on-device stand-in for SPEC §3's rewards: each completion's share of even token
+  """A cheap on-device stand-in for docs/method.md §3's rewards: each completion's share of even token
   ids, minus the mean share of its video's G perturbed rollouts (a stand-in for the temporal
   bonus), group-normalised. It must read the perturbed tokens: a reward that ignores them
   lets XLA drop the whole perturbed rollout as dead code."""
@@ -228,10 +228,10 @@ def _compiled_step(b: Bench, G: int, T: int):
   """(compiled whole step, state, batch, lower + compile seconds) at G, T."""
   import jax
   import jax.numpy as jnp
-  from vqathinker_jax.rl import grpo
+  from vqathinker_jax.train import state as train_state, steps
   cfg = b.grpo_config(G)
-  tx = grpo.make_optimizer(1e-4)
-  graphdef, state = grpo.init_state(b.model(), tx, cfg)
+  tx = train_state.make_optimizer(1e-4)
+  graphdef, state = train_state.init_state(b.model(), tx, reference=bool(cfg.beta))
   ids_BP, pix = b.prompt(b.B, T)
   batch = dict(prompt_ids=jnp.asarray(ids_BP), prompt_mask=jnp.ones(ids_BP.shape, jnp.int32),
                pixel_values=jnp.asarray(pix), labels=jnp.full((b.B,), 3.0, jnp.float32),
@@ -239,7 +239,7 @@ def _compiled_step(b: Bench, G: int, T: int):
                perturb_idx=jnp.asarray(np.random.default_rng(1).permuted(
                    np.broadcast_to(np.arange(T), (b.B, G, T)), axis=-1).astype(np.int32)),
                blank=jnp.zeros((b.B, G, T), bool))
-  step = grpo.make_train_step(graphdef, state, tx, cfg, _reward(G))
+  step = steps.make_grpo_step(graphdef, state, tx, cfg, _reward(G))
   start = time.perf_counter()
   compiled = step.lower(state, batch, jax.random.key(0)).compile()
   return compiled, state, batch, time.perf_counter() - start
@@ -290,12 +290,12 @@ def step_section(b: Bench) -> dict:
 def mfu_section(b: Bench, peak_flops: float, step_rows: dict | None) -> dict:
   import jax
   import jax.numpy as jnp
-  from vqathinker_jax.rl import grpo
   from vqathinker_jax.tools import plan
+  from vqathinker_jax.train import state as train_state, steps
   B, G, T, C = b.B, b.G, b.T, b.C
   cfg = b.grpo_config(G, logprob_chunk=G * C)  # one LM-head chunk: see the module docstring
-  tx = grpo.make_optimizer(1e-4)
-  graphdef, state = grpo.init_state(b.model(), tx, cfg)
+  tx = train_state.make_optimizer(1e-4)
+  graphdef, state = train_state.init_state(b.model(), tx, reference=bool(cfg.beta))
   ids_BP, pix = b.prompt(B, T)
   rng = np.random.default_rng(2)
   batch = dict(prompt_ids=jnp.asarray(ids_BP), prompt_mask=jnp.ones(ids_BP.shape, jnp.int32),
@@ -304,7 +304,7 @@ def mfu_section(b: Bench, peak_flops: float, step_rows: dict | None) -> dict:
                completion_mask=jnp.ones((B, G, C), jnp.int32),
                advantages=jnp.asarray(rng.standard_normal((B, G)).astype(np.float32)))
   start = time.perf_counter()
-  compiled = grpo.make_update_step(graphdef, state, tx, cfg).lower(state, batch).compile()
+  compiled = steps.make_update_step(graphdef, state, tx, cfg).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   box = [state]
 

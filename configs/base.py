@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.data_dir = ""  # TFDS data_dir with the data sets built by `python -m data_pipelines.prepare`
   d.train = "lsvq_train"  # training data set name (built at frames x size)
   d.train_split = "train"  # split of `train` to train on
-  d.frames = 6  # frames per training video (SPEC §2)
+  d.frames = 6  # frames per training video (docs/method.md §2)
   d.size = 448  # training frame side in pixels (multiple of 28)
   d.perturb_modes = ""  # temporal perturbations to draw, comma-separated ("" = all of perturb.MODES)
   d.read_threads = 4  # records read at once per process
@@ -89,16 +89,16 @@ def get_config() -> ml_collections.ConfigDict:
   g.epsilon_high = 0.2  # ratio clip, upper side
   g.loss_type = "grpo"  # grpo | bnpo | dapo | dr_grpo
   g.num_iterations = 1  # policy updates per rollout batch
-  g.max_completion_length = 2048  # new tokens per rollout (SPEC §4)
+  g.max_completion_length = 2048  # new tokens per rollout (docs/method.md §4)
   g.temperature = 1.0  # sampling temperature
   g.top_k = 50  # keep the k likeliest tokens (0: all)
   g.top_p = 1.0  # nucleus mass (1: all)
-  g.temporal = True  # temporal-consistency reward from perturbed rollouts (SPEC §3)
+  g.temporal = True  # temporal-consistency reward from perturbed rollouts (docs/method.md §3)
   g.logprob_chunk = 256  # completion tokens per LM-head chunk
   g.micro_batch_size = 0  # videos per gradient micro-batch (0: the whole batch)
   g.logprob_micro_batch_size = 0  # videos per no-grad log-prob micro-batch (0: the whole batch)
 
-  c.rewards = r = ml_collections.ConfigDict()  # SPEC §3 constants (rewards.RewardConfig)
+  c.rewards = r = ml_collections.ConfigDict()  # docs/method.md §3 constants (rewards.RewardConfig)
   r.sigma = 0.5  # bell-shaped regression width
   r.coarse_penalty = 0.8  # regression factor below min_decimals decimals
   r.min_decimals = 2  # decimals an answer needs for the full regression reward
@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   r.format_weight = 1.0  # weight of the format reward
 
   c.train = tr = ml_collections.ConfigDict()
-  tr.batch_size = 32  # videos per GRPO step, global (SPEC §4: 32 videos, 128 completions)
+  tr.batch_size = 32  # videos per GRPO step, global (docs/method.md §4: 32 videos, 128 completions)
   tr.num_epochs = 3  # passes over the training set (sets the step count when num_steps is 0)
   tr.num_steps = 0  # GRPO steps (0: from num_epochs)
   tr.log_every = 1  # steps between metric lines (JSONL, TensorBoard, progress bar)
@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   tr.keep_checkpoints = 3  # checkpoints kept
   tr.profile_start = -1  # first step of an XLA trace into workdir/profile (-1: no trace)
   tr.profile_end = -1  # the trace stops before this step
-  tr.optimizer = o = ml_collections.ConfigDict()  # AdamW (SPEC §4)
+  tr.optimizer = o = ml_collections.ConfigDict()  # AdamW (docs/method.md §4)
   o.lr = 1e-6  # peak learning rate
   o.schedule = "linear"  # linear (decay to 0) | constant | cosine
   o.warmup_steps = 0  # linear warm-up steps
@@ -135,21 +135,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = e = ml_collections.ConfigDict()
   e.sets = "lsvq_test,lsvq_1080p,konvid_1k,live_vqc,youtube_ugc"  # data set names, comma-separated
   e.split = "test"  # split of each eval set
-  e.frames = 12  # frames per video (SPEC §5)
-  e.size = 560  # frame side in pixels (SPEC §5)
+  e.frames = 12  # frames per video (docs/method.md §5)
+  e.size = 560  # frame side in pixels (docs/method.md §5)
   e.batch_size = 4  # videos per greedy rollout batch
-  e.max_new_tokens = 1024  # greedy generation limit (SPEC §5)
-  e.prompt_layout = "train"  # train (SPEC §2) | reference_eval (the release's batch_infer.py)
+  e.max_new_tokens = 1024  # greedy generation limit (docs/method.md §5)
+  e.prompt_layout = "train"  # train (docs/method.md §2) | reference_eval (the release's batch_infer.py)
   e.train_selection = False  # SlowFast training frame selection instead of evaluation's
   e.max_videos = 0  # per set, for quick looks (0: all)
 
   c.predict = p = ml_collections.ConfigDict()
   p.videos = ""  # comma-separated video paths, or a folder of videos
-  p.frames = 12  # frames per video (SPEC §5: 12 at evaluation)
+  p.frames = 12  # frames per video (docs/method.md §5: 12 at evaluation)
   p.size = 560  # frame side in pixels (multiple of 28)
-  p.max_new_tokens = 1024  # greedy generation limit (SPEC §5)
+  p.max_new_tokens = 1024  # greedy generation limit (docs/method.md §5)
   p.batch_size = 4  # videos per rollout batch
-  p.prompt_layout = "train"  # 'train' (SPEC §2) | 'reference_eval' (the release's batch_infer.py)
+  p.prompt_layout = "train"  # 'train' (docs/method.md §2) | 'reference_eval' (the release's batch_infer.py)
   p.train_selection = False  # SlowFast training frame selection (T//3, x6) instead of eval (T//4, x4)
 
   c.smoke = s = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""Evaluate a trained VQAThinker on all 11 SPEC §5 benchmarks (12 frames at 560, greedy).
+"""Evaluate a trained VQAThinker on all 11 docs/method.md §5 benchmarks (12 frames at 560, greedy).
 
 `--config configs/eval_benchmarks.py` uses the 8B run's model and mesh (v5p-64);
 `--config configs/eval_benchmarks.py:1b` the 1B sibling's (v5p-16). Every set must be
@@ -9,7 +9,7 @@ import pathlib
 import runpy
 
 RUNS = {"8b": "internvl3_8b_lsvq.py", "1b": "internvl3_1b_lsvq.py"}
-# SPEC §5: in-domain, then out-of-distribution (names of data_pipelines/labels.py BENCHMARKS).
+# docs/method.md §5: in-domain, then out-of-distribution (names of data_pipelines/labels.py BENCHMARKS).
 SETS = ("lsvq_test", "lsvq_1080p", "konvid_1k", "live_vqc", "youtube_ugc",
         "live_yt_gaming", "cgvds", "live_yt_hfr", "waterloo_ivc_4k", "vdpve", "kvq")
 
@@ -27,8 +27,8 @@ def get_config(arg: str = "8b"):
   e = c.eval
   e.sets = ",".join(SETS)  # all 11 benchmarks
   e.split = "test"  # every benchmark is wholly its test split
-  e.frames = 12  # SPEC §5
-  e.size = 560  # SPEC §5 (position embeddings resized to the 40x40 grid)
-  e.max_new_tokens = 1024  # greedy generation limit (SPEC §5)
+  e.frames = 12  # docs/method.md §5
+  e.size = 560  # docs/method.md §5 (position embeddings resized to the 40x40 grid)
+  e.max_new_tokens = 1024  # greedy generation limit (docs/method.md §5)
   e.max_videos = 0  # every video
   return c

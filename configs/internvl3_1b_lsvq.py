@@ -1,4 +1,4 @@
-"""The reference recipe (SPEC §4) on InternVL3-1B, on a TPU v5p-16: a cheaper sibling of
+"""The reference recipe (docs/method.md §4) on InternVL3-1B, on a TPU v5p-16: a cheaper sibling of
 internvl3_8b_lsvq.py with the same data, rewards and hyper-parameters.
 
 InternVL3-1B = InternViT-300M (as 8B) + Qwen2.5-0.5B (width 896, 24 layers, 14 query / 2 KV

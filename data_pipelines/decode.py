@@ -1,4 +1,4 @@
-"""Video decoding with PyAV: SPEC §2 frame sampling, rotation, bicubic squash resize.
+"""Video decoding with PyAV: docs/method.md §2 frame sampling, rotation, bicubic squash resize.
 
 Legend: T = sampled frames, H x W = output size, 3 = RGB channels (uint8).
 """
@@ -34,7 +34,7 @@ class Decoded:
 
 
 def frame_indices(num_frames, num_samples):
-  """SPEC §2 segment centres: seg = last_idx / T, idx_k = int(seg/2 + round(seg*k)).
+  """docs/method.md §2 segment centres: seg = last_idx / T, idx_k = int(seg/2 + round(seg*k)).
 
   A clip shorter than T frames gets repeated indices (never past its last frame).
   """

@@ -25,8 +25,8 @@ class Benchmark:
   split: str
 
 
-# SPEC §5 benchmarks. Ranges are the scales of the reference label files in
-# ../shared/data/labels (their "ds" scores are on 0..100; observed extremes lie inside).
+# docs/method.md §5 benchmarks. Ranges are the scales of the reference release's label files
+# (their "ds" scores are on 0..100; observed extremes lie inside).
 BENCHMARKS = {b.name: b for b in [
     Benchmark("lsvq_train", (0.0, 100.0), "train"),
     Benchmark("lsvq_test", (0.0, 100.0), "test"),
@@ -181,7 +181,7 @@ def mos_range(bench, labels):
 
 
 def normalise(mos, lo, hi):
-  """SPEC §2: 1 + 4 (s - lo) / (hi - lo), clipped to [1, 5]."""
+  """docs/method.md §2: 1 + 4 (s - lo) / (hi - lo), clipped to [1, 5]."""
   return min(5.0, max(1.0, 1.0 + 4.0 * (mos - lo) / (hi - lo)))
 
 

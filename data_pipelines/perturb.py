@@ -1,4 +1,4 @@
-"""Temporal perturbations of SPEC §3 as frame-index maps (host) and one gather (device).
+"""Temporal perturbations of docs/method.md §3 as frame-index maps (host) and one gather (device).
 
 Legend: B = videos, G = perturbed copies per video, T = frames, H x W x C = frame pixels.
 

@@ -1,4 +1,4 @@
-"""Every config in configs/ loads and validates; the reference run holds SPEC §4's values."""
+"""Every config in configs/ loads and validates; the reference run holds docs/method.md §4's values."""
 
 import math
 import pathlib

@@ -1,7 +1,8 @@
 """Entry point: `python -m vqathinker_jax.main --config configs/X.py --workdir DIR`.
 
 Overrides: `--config.model.dtype=bfloat16`, `--config.mesh.tensor=2`, ...
-Modes (`config.mode`): train (SFT warm-start, then GRPO), eval, predict, smoke.
+Modes (`config.mode`, checked with the rest by `config_check`): train (SFT warm-start,
+then GRPO), eval, predict, smoke.
 """
 
 import json
@@ -14,8 +15,6 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, logs, reports).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-MODES = ("train", "eval", "predict", "smoke")
 
 
 def _multi_process() -> bool:
@@ -30,8 +29,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  if config.mode not in MODES:
-    raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
   workdir = pathlib.Path(_WORKDIR.value)
   # Imported after flag parsing: jax starts only for real runs.
   import jax

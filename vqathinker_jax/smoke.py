@@ -17,27 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax import model
-from vqathinker_jax.model import sharding
-from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
-
-
-def model_config_from(c) -> ModelConfig:
-  """ModelConfig from the `model` section of a run config (random-init architecture)."""
-  a = c.arch
-  return ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()),
-                     image_token_id=a.image_token_id, vision_feature_layer=a.vision_feature_layer,
-                     dtype=c.dtype, param_dtype=c.param_dtype)
-
-
-def build_model(config, mesh):
-  if config.model.checkpoint:
-    return model.from_pretrained(config.model.checkpoint, dtype=config.model.dtype,
-                                 param_dtype=config.model.param_dtype, mesh=mesh,
-                                 slowfast_weights=config.model.slowfast_weights or None,
-                                 seed=config.seed)
-  cfg = model_config_from(config.model)
-  return model.init(cfg, seed=config.seed, mesh=mesh), cfg
+from vqathinker_jax import factory
+from vqathinker_jax.model.config import ModelConfig
 
 
 def synthetic_batch(cfg: ModelConfig, s, seed: int):
@@ -55,9 +36,9 @@ def synthetic_batch(cfg: ModelConfig, s, seed: int):
 
 
 def run(config, workdir: pathlib.Path) -> dict:
-  mesh = sharding.make_mesh(dict(config.mesh))
+  mesh = factory.make_mesh(config)
   t0 = time.perf_counter()
-  m, cfg = build_model(config, mesh)
+  m, cfg = factory.build_model(config, mesh)
   build_s = time.perf_counter() - t0
   ids, frames = synthetic_batch(cfg, config.smoke, config.seed)
   mask = np.ones_like(ids)

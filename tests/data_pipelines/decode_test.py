@@ -1,4 +1,4 @@
-"""PyAV decoding: SPEC §2 frame indices, seeking, rotation and real-world formats."""
+"""PyAV decoding: docs/method.md §2 frame indices, seeking, rotation and real-world formats."""
 
 from fractions import Fraction
 

@@ -13,7 +13,7 @@ from scipy import stats
 
 import tolerance
 from data_pipelines import builder, synthetic
-from vqathinker_jax import smoke
+from vqathinker_jax import factory
 from vqathinker_jax.eval import correlation, evaluate, predict, report
 from vqathinker_jax.model import sharding
 from vqathinker_jax.text import demo_tokenizer
@@ -48,7 +48,7 @@ def tok():
 
 
 def _model(mesh):
-  return smoke.build_model(_demo_config(), mesh)[0]
+  return factory.build_model(_demo_config(), mesh)[0]
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_missing_set_names_the_config_fields_and_prepare(data, tmp_path):
     evaluate.run(config, tmp_path, model=object(), tokenizer=object())
   config.data.data_dir = ""
   with pytest.raises(ValueError, match="config.data.data_dir is empty"):
-    evaluate.data_dir_of(config, tmp_path)
+    factory.data_dir(config, tmp_path)
 
 
 def test_run_on_the_demo_config(model, tok, tmp_path, capsys):
@@ -180,7 +180,7 @@ def test_run_on_the_demo_config(model, tok, tmp_path, capsys):
   config.data.synthetic.update(num_videos=12, num_frames=8, test_fraction=0.5)
   config.eval.update(max_new_tokens=NEW, batch_size=4)
   out = evaluate.run(config, tmp_path / "wd", mesh=sharding.single_device_mesh())
-  data_dir = evaluate.data_dir_of(config, tmp_path / "wd")
+  data_dir = factory.data_dir(config, tmp_path / "wd")
   assert data_dir == tmp_path / "wd/data/tfds"
   built = json.loads((data_dir / "video_quality/synthetic_6x56/build_report.json").read_text())
   n = built["splits"]["test"]

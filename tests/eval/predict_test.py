@@ -12,6 +12,7 @@ import tolerance
 from data_pipelines import synthetic
 from hf_tiny import TINY
 from vqathinker_jax import model
+from vqathinker_jax import factory
 from vqathinker_jax.eval import predict
 from vqathinker_jax.model import sharding
 from vqathinker_jax.text import tokenizer as T
@@ -45,14 +46,14 @@ def test_folder_with_a_corrupt_and_a_missing_file(tok, videos):
   assert set(bad) == {"corrupt.mp4", "missing.mp4"} and all(p.score is None for p in bad.values())
   good = [p for p in out if not p.error]
   assert len(good) == 3
-  for p in good:  # a random model rarely answers: SPEC §5's fallback
+  for p in good:  # a random model rarely answers: docs/method.md §5's fallback
     assert isinstance(p.text, str) and p.score == (p.score if p.parsed else 3.0)
 
 
 def test_normalize_and_listing(tmp_path):
   white = np.full((1, 1, 1, 1, 3), 255, np.uint8)
   # A float32 subtraction and division of float64 constants: a couple of roundings.
-  tolerance.assert_close(predict.normalize(white)[0, 0, 0, 0],
+  tolerance.assert_close(factory.normalize_frames(white)[0, 0, 0, 0],
                          (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
                          4, name="normalised white")
   with pytest.raises(ValueError, match="no videos"):

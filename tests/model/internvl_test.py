@@ -42,7 +42,7 @@ def test_parity_variants(tmp_path, variant):
 
 
 def test_parity_at_other_frame_size_interpolates_positions(hf_checkpoint):
-  """84 px frames on a 56 px model: position embeddings resized bicubically (SPEC §6)."""
+  """84 px frames on a 56 px model: position embeddings resized bicubically (docs/method.md §6)."""
   path, hf = hf_checkpoint
   m, _ = model.from_pretrained(path)
   ids, pix, mask = padded_batch(seed=2, size=84, frames=(2, 1), length=24)

@@ -1,4 +1,4 @@
-"""SlowFast-R50 against PyTorchVideo's `create_slowfast` on random weights (SPEC §6)."""
+"""SlowFast-R50 against PyTorchVideo's `create_slowfast` on random weights (docs/method.md §6)."""
 
 import jax
 import jax.numpy as jnp

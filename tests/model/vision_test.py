@@ -1,4 +1,4 @@
-"""Position-embedding resize against PyTorch's bicubic; pixel shuffle against SPEC §6."""
+"""Position-embedding resize against PyTorch's bicubic; pixel shuffle against docs/method.md §6."""
 
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ from vqathinker_jax import model
 from vqathinker_jax.model import llm, sharding
 from vqathinker_jax.rl import grpo
 from vqathinker_jax.rl.grpo import GRPOConfig
+from vqathinker_jax.train import state as train_state, steps
 
 G, C = 3, 5
 
@@ -95,7 +96,7 @@ def test_packed_logprobs_and_gradients_equal_unpacked(tiny):
 
 
 def numpy_loss(logp, old, ref, adv, mask, cfg, num_micro=1, absolute=False):
-  """SPEC §4 / TRL restated in numpy for one micro-batch. `absolute`: the same reduction
+  """docs/method.md §4 / TRL restated in numpy for one micro-batch. `absolute`: the same reduction
   of the terms' magnitudes, the scale that the loss's rounding follows."""
   ratio = np.exp(logp - old)
   a = adv[..., None]
@@ -153,11 +154,11 @@ def test_loss_matches_numpy(loss_type, kl):
 
 def test_zero_advantages_without_kl_leave_params_unchanged(tiny):
   cfg = GRPOConfig(num_generations=G, beta=0.0, max_completion_length=C, logprob_chunk=4)
-  tx = grpo.make_optimizer(1e-2)
-  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
+  tx = train_state.make_optimizer(1e-2)
+  graphdef, state = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
   before = jax.tree.map(np.asarray, state.params)
   batch = dict(rollout_batch(), advantages=jnp.zeros((2, G)))
-  state, metrics = grpo.make_update_step(graphdef, state, tx, cfg)(state, batch)
+  state, metrics = steps.make_update_step(graphdef, state, tx, cfg)(state, batch)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
   assert float(metrics["loss"]) == 0.0 and int(state.step) == 1
 
@@ -165,9 +166,9 @@ def test_zero_advantages_without_kl_leave_params_unchanged(tiny):
 def test_step_updates_skips_non_finite_and_compiles_once(tiny):
   cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C, logprob_chunk=4,
                    micro_batch_size=1, num_iterations=2)
-  tx = grpo.make_optimizer(1e-3)
-  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
-  step = grpo.make_update_step(graphdef, state, tx, cfg)
+  tx = train_state.make_optimizer(1e-3)
+  graphdef, state = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
+  step = steps.make_update_step(graphdef, state, tx, cfg)
   batch = jax.device_put(rollout_batch(seed=2))
   before = jax.tree.map(np.asarray, state.params)
   state, metrics = step(state, batch)
@@ -215,15 +216,15 @@ def whole_step(tiny):
   """(cfg, tx, jitted GRPO step, batch, key): one program for the single-device tests and
   the reference of the sharded ones."""
   cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8, stop_ids=(STOP,))
-  tx = grpo.make_optimizer(LR_SHARDED)
-  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
-  step = grpo.make_train_step(graphdef, state, tx, cfg, byte_rewards())
+  tx = train_state.make_optimizer(LR_SHARDED)
+  graphdef, state = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
+  step = steps.make_grpo_step(graphdef, state, tx, cfg, byte_rewards())
   return cfg, tx, step, step_batch(seed=4, videos=4), jax.random.key(1)
 
 
 def test_whole_step_is_one_program_without_host_transfers(tiny, whole_step):
   cfg, tx, step, batch, _ = whole_step
-  _, state = grpo.init_state(fresh(tiny), tx, cfg)
+  _, state = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
   batch = jax.device_put(batch)
   k0, k1 = jax.random.split(jax.random.key(0))
   state, metrics = step(state, batch, k0)
@@ -238,7 +239,7 @@ def test_whole_step_is_one_program_without_host_transfers(tiny, whole_step):
 @pytest.fixture(scope="module")
 def single_device_step(tiny, whole_step):
   cfg, tx, step, batch, key = whole_step
-  _, s1 = grpo.init_state(fresh(tiny), tx, cfg)
+  _, s1 = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
   return jax.tree.map(np.asarray, step(s1, batch, key))
 
 
@@ -250,9 +251,9 @@ def test_sharded_step_equals_single_device(tiny, whole_step, single_device_step,
   cfg, tx, _, batch, key = whole_step
   s1, m1 = single_device_step
   mesh = sharding.make_mesh(shape, jax.devices()[:devices])
-  graphdef, s8 = grpo.init_state(on_mesh(tiny, mesh), tx, cfg)
+  graphdef, s8 = train_state.init_state(on_mesh(tiny, mesh), tx, reference=bool(cfg.beta))
   with jax.set_mesh(mesh):
-    s8, m8 = grpo.make_train_step(graphdef, s8, tx, cfg, byte_rewards())(s8, batch, key)
+    s8, m8 = steps.make_grpo_step(graphdef, s8, tx, cfg, byte_rewards())(s8, batch, key)
   # The loss's terms are ratio x advantage, advantages standardised per group: scale 1.
   tolerance.assert_close(m8["loss"], m1["loss"], 4, scale=1.0, name="loss")
   tolerance.assert_close(m8["reward/total"], m1["reward/total"], 4, name="reward")
@@ -276,13 +277,13 @@ def test_mean_reward_rises_on_a_toy_task(tiny):
     return dict(total=total, advantage=rewards.group_advantages(total, G4, 1e-4))
   cfg = GRPOConfig(num_generations=G4, beta=0.0, max_completion_length=6, logprob_chunk=32,
                    stop_ids=(STOP,), temporal=False, top_k=0)
-  tx = grpo.make_optimizer(1e-2)
-  graphdef, state = grpo.init_state(fresh(tiny), tx, cfg)
-  step = grpo.make_train_step(graphdef, state, tx, cfg, toy_reward)
+  tx = train_state.make_optimizer(1e-2)
+  graphdef, state = train_state.init_state(fresh(tiny), tx, reference=bool(cfg.beta))
+  step = steps.make_grpo_step(graphdef, state, tx, cfg, toy_reward)
   batch = jax.device_put(step_batch(seed=5, videos=4, frames=1))
-  curve, timed = [], grpo.TimedStep(step)
+  curve, timed = [], train_state.Step(step)
   for key in jax.random.split(jax.random.key(2), 40):
-    state, metrics = timed(state, batch, key)
+    state, metrics = timed.timed(state, batch, key)
     curve.append(float(metrics["reward/total"]))
   assert metrics["compilations"] == 1 and metrics["tokens_per_s"] > 0
   start, end = np.mean(curve[:10]), np.mean(curve[-10:])

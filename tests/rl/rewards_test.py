@@ -1,4 +1,4 @@
-"""The JAX rewards agree with a plain-Python restatement of SPEC §3 (`re` + `math`) on
+"""The JAX rewards agree with a plain-Python restatement of docs/method.md §3 (`re` + `math`) on
 thousands of fuzzed completions, through both texts and token ids."""
 
 import dataclasses

@@ -21,6 +21,7 @@ from vqathinker_jax.model import sharding
 from vqathinker_jax.rl import grpo, rewards
 from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
 from vqathinker_jax.tools import plan as plan_lib
+from vqathinker_jax.train import state as train_state, steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 P_TEXT = 40  # text tokens of the test prompts (the demo tokenizer's template differs from Qwen's)
@@ -65,8 +66,8 @@ def compiled(name: str, whole_step=True):
                         beta=s.beta, stop_ids=(3,), temporal=s.temporal,
                         micro_batch_size=s.micro_batch, num_iterations=s.num_iterations,
                         logprob_micro_batch_size=s.logprob_micro_batch)
-  tx = grpo.make_optimizer(1e-3)
-  graphdef, state = grpo.init_state(zeros_model(mc, mesh), tx, cfg)
+  tx = train_state.make_optimizer(1e-3)
+  graphdef, state = train_state.init_state(zeros_model(mc, mesh), tx, reference=bool(cfg.beta))
   ids = np.random.default_rng(0).integers(6, 500, (B, P)).astype(np.int32)
   ids[:, 10:10 + T * mc.tokens_per_frame(S)] = mc.image_token_id
   batch = dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.ones((B, P), jnp.int32),
@@ -83,16 +84,16 @@ def compiled(name: str, whole_step=True):
     if whole_step:
       batch.update(labels=jnp.ones((B,), jnp.float32),
                    perturb_idx=jnp.zeros((B, G, T), jnp.int32), blank=jnp.zeros((B, G, T), bool))
-      step = grpo.make_train_step(graphdef, state, tx, cfg, reward)
+      step = steps.make_grpo_step(graphdef, state, tx, cfg, reward)
       return s, step.lower(state, batch, jax.random.key(0)).compile(**fast), state
     batch.update(completions=jnp.zeros((B, G, C), jnp.int32),
                  completion_mask=jnp.ones((B, G, C), jnp.int32), advantages=jnp.zeros((B, G)))
-    step = grpo.make_update_step(graphdef, state, tx, cfg)
+    step = steps.make_update_step(graphdef, state, tx, cfg)
     return s, step.lower(state, batch).compile(**fast), state
 
 
 def test_prompt_tokens_formula():
-  # Measured with Qwen2.5's BPE on the SPEC §2 template (see PROMPT_TEXT_TOKENS).
+  # Measured with Qwen2.5's BPE on the docs/method.md §2 template (see PROMPT_TEXT_TOKENS).
   assert plan_lib.prompt_tokens(6, 256, True) == 1718
   assert plan_lib.prompt_tokens(12, 400, True) == 5021
   assert plan_lib.prompt_tokens(16, 256, False) == 4338

@@ -22,7 +22,7 @@ import one_device
 from hf_tiny import TINY
 from vqathinker_jax import model
 from vqathinker_jax.model import sharding
-from vqathinker_jax.rl import grpo
+from vqathinker_jax.train import state as train_state
 from vqathinker_jax.train.checkpointing import Checkpointer
 
 
@@ -33,7 +33,7 @@ def small_state(step=0, mesh=None):
   params = {"w": put(jnp.arange(32.0).reshape(8, 4) + step, P("fsdp", "tensor")),
             "b": put(jnp.full((4,), step, jnp.bfloat16))}
   tx = optax.adam(1e-3)
-  return grpo.TrainState(step=put(jnp.int32(step)), params=params, rest={"c": put(jnp.ones(3))},
+  return train_state.TrainState(step=put(jnp.int32(step)), params=params, rest={"c": put(jnp.ones(3))},
                          opt_state=jax.tree.map(put, tx.init(params)), ref_params=None,
                          skipped=put(jnp.int32(0)))
 
@@ -48,8 +48,8 @@ def assert_bitwise_equal(a, b):
 
 def test_model_state_round_trip_on_mesh_bitwise(tmp_path):
   mesh = sharding.make_mesh((2, 2, 2))
-  _, state = grpo.init_state(model.init(TINY, seed=0, mesh=mesh), optax.adamw(1e-3),
-                             grpo.GRPOConfig())
+  _, state = train_state.init_state(model.init(TINY, seed=0, mesh=mesh), optax.adamw(1e-3),
+                                   reference=True)
   # Non-trivial optimiser moments and counters, same shardings.
   state = jax.jit(lambda s: s.replace(step=s.step + 7, opt_state=jax.tree.map(
       lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x + 3, s.opt_state)))(state)

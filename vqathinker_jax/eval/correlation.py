@@ -1,4 +1,4 @@
-"""VQA correlation metrics (SPEC §5) in plain numpy: SRCC, KRCC (tau-b), PLCC raw and after
+"""VQA correlation metrics (docs/method.md §5) in plain numpy: SRCC, KRCC (tau-b), PLCC raw and after
 the standard 4-parameter logistic fit, RMSE.
 
 scipy is a test-only dependency, so ranking, Kendall's tau-b and the logistic least-squares
@@ -196,7 +196,7 @@ def fit_logistic(pred, mos) -> np.ndarray | None:
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(pred, mos) -> dict[str, Any]:
-  """All SPEC §5 metrics of predictions against MOS.
+  """All docs/method.md §5 metrics of predictions against MOS.
 
   Non-finite predictions (should not happen: parse failures become 3.0 upstream) are
   excluded and counted in `n_nonfinite_pred`; `n` is the number of pairs used. Correlations

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §5): greedy generation over the built data sets, the first `<answer>`
+"""Evaluation (docs/method.md §5): greedy generation over the built data sets, the first `<answer>`
 parsed (fallback 3.0), SRCC/KRCC/PLCC (raw and 4-parameter logistic)/RMSE against the
 native MOS and the parse-failure rate per data set.
 
@@ -20,67 +20,11 @@ import jax
 import numpy as np
 
 from data_pipelines import builder, pipeline
+from vqathinker_jax import factory
 from vqathinker_jax.eval import correlation, predict, report
 from vqathinker_jax.text import tokenizer as tok_lib
 
-SYNTHETIC = "synthetic"  # the data set name config.data.synthetic builds
-
-
 # ----------------------------------------------------------------------------- data sets
-
-def data_dir_of(config, workdir) -> pathlib.Path:
-  """The TFDS data_dir the run reads: `config.data.data_dir`, or for the synthetic set
-  `<config.data.data_dir or workdir/data>/tfds` (its rendered clips go beside, in
-  `synthetic_videos`)."""
-  if config.data.synthetic.enabled:
-    return pathlib.Path(config.data.data_dir or pathlib.Path(workdir) / "data") / "tfds"
-  if not config.data.data_dir:
-    raise ValueError("config.data.data_dir is empty: point it at the TFDS data_dir the data "
-                     "sets were built into (python -m data_pipelines.prepare --data_dir ...), "
-                     "or enable config.data.synthetic")
-  return pathlib.Path(config.data.data_dir)
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 0) -> pathlib.Path:
-  """Renders (`synthetic.generate` with the `config.data.synthetic` fields) and builds the
-  synthetic set at ``frames`` x ``size`` unless already there; returns the TFDS data_dir.
-
-  Rendering is skipped when `synthetic_videos/render.json` records the same settings; the
-  build is skipped by the builder's own fingerprint. With several processes, process 0
-  goes first; the others then find everything done on a shared file system (or make
-  their own copy on a local one).
-  """
-  from data_pipelines import synthetic
-
-  s = config.data.synthetic
-  data_dir = data_dir_of(config, workdir)
-  root = data_dir.parent / "synthetic_videos"
-  settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
-                  height=s.height, width=s.width, scenes=s.scenes,
-                  distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
-
-  def make():
-    marker = root / "render.json"
-    if not (marker.exists() and json.loads(marker.read_text()) == settings):
-      synthetic.generate(str(root), workers=workers, **settings)
-      marker.write_text(json.dumps(settings))  # last: an interrupted render is redone
-    builder.build(SYNTHETIC, str(root / "labels.json"), str(root / "videos"), str(data_dir),
-                  frames, size, split=f"hash:{s.test_fraction}", workers=workers,
-                  progress=False)
-
-  if jax.process_index() == 0:
-    make()
-  _barrier("evaluate.ensure_synthetic")
-  if jax.process_index() != 0:
-    make()
-  return data_dir
-
 
 def open_set(data_dir, name: str, split: str, frames: int, size: int):
   """The TFDS source of eval set ``name``; a clear error if it is not built."""
@@ -188,25 +132,21 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
   per-set files and `summary.json`), prints the summary table and returns the summary:
   {tag, split, frames, size, sets: {name: evaluate_source's dict}, out_dir, summary_path}.
   """
-  from vqathinker_jax import smoke
-  from vqathinker_jax.model import sharding
-  from vqathinker_jax.text import demo_tokenizer
-
   workdir = pathlib.Path(workdir)
   e = config.eval
   names = [s.strip() for s in e.sets.split(",") if s.strip()]
   if not names:
     raise ValueError("config.eval.sets is empty: name the data sets to evaluate, comma-separated")
-  data_dir = data_dir_of(config, workdir)
-  if config.data.synthetic.enabled and SYNTHETIC in names:
-    ensure_synthetic(config, workdir, e.frames, e.size)
+  data_dir = factory.data_dir(config, workdir)
+  if config.data.synthetic.enabled and factory.SYNTHETIC in names:
+    factory.ensure_synthetic(config, workdir, e.frames, e.size)
   # Every set is opened before anything is generated: a typo fails in seconds, not hours.
   sources = {n: open_set(data_dir, n, e.split, e.frames, e.size) for n in names}
-  mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+  mesh = mesh if mesh is not None else factory.make_mesh(config)
   if model is None:
-    model, _ = smoke.build_model(config, mesh)  # outside the mesh context: logical names there
+    model, _ = factory.build_model(config, mesh)  # outside the mesh context: logical names there
   if tokenizer is None:
-    tokenizer = demo_tokenizer.resolve(config.model, workdir)
+    tokenizer = factory.tokenizer(config, workdir)
   out_dir = workdir / "eval" / tag
   reports = {}
   with jax.set_mesh(mesh):

@@ -1,5 +1,5 @@
 """Score videos with a VQAThinker (or InternVL3) checkpoint: decode, prompt, greedy
-rollout, parse (SPEC §5). A bad file gives an error entry; the others are still scored.
+rollout, parse (docs/method.md §5). A bad file gives an error entry; the others are still scored.
 
 Legend: B videos per batch, T frames, H/W pixels, P prompt tokens, C new tokens.
 """
@@ -17,14 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from data_pipelines import decode, perturb
+from data_pipelines import decode
+from vqathinker_jax import factory
 from vqathinker_jax.eval import report
 from vqathinker_jax.model import sharding
 from vqathinker_jax.rl import rollout
 from vqathinker_jax.text import tokenizer as tok_lib
 
-IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".yuv", ".flv"}
 
 
@@ -32,14 +31,9 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 class Prediction:
   video: str
   score: float | None   # None when the video could not be read
-  parsed: bool          # an <answer> with a number was found (else SPEC §5's fallback 3.0)
+  parsed: bool          # an <answer> with a number was found (else docs/method.md §5's fallback 3.0)
   text: str             # the model's reasoning and answer
   error: str | None = None
-
-
-def normalize(frames_BTHWC: np.ndarray) -> np.ndarray:
-  """uint8 RGB -> ImageNet-normalised float32, as the ViT and SlowFast expect."""
-  return (frames_BTHWC.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def list_videos(spec) -> list[pathlib.Path]:
@@ -59,7 +53,7 @@ def list_videos(spec) -> list[pathlib.Path]:
 
 class Scored(NamedTuple):
   text: str      # the model's reasoning and answer
-  score: float   # SPEC §5: the first <answer>'s number, else 3.0
+  score: float   # docs/method.md §5: the first <answer>'s number, else 3.0
   parsed: bool   # an <answer> with a number was found
 
 
@@ -92,7 +86,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
                   prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
                   train_selection: bool = False) -> list[Scored]:
-  """Greedy generation + SPEC §5 parse for uint8 [T, H, W, 3] videos, in order.
+  """Greedy generation + docs/method.md §5 parse for uint8 [T, H, W, 3] videos, in order.
 
   ``frames`` is consumed lazily, one batch at a time (an evaluation set does not fit in
   host memory). Every batch has the same shape (the last one is padded by repetition), so
@@ -107,7 +101,7 @@ def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarr
   rng = jax.random.key(0)  # unused by greedy decoding, but generate takes one
 
   def launch(chunk):
-    pix_BTHWC = normalize(np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk))))
+    pix_BTHWC = factory.normalize_frames(np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk))))
     out = rollout.generate_jit(model, ids_BP, mask_BP, _to_device(pix_BTHWC), rng=rng,
                                greedy=True, max_new_tokens=max_new_tokens,
                                stop_ids=tokenizer.special.stop_ids, train=train_selection)
@@ -170,8 +164,6 @@ def run(config, workdir: pathlib.Path) -> dict:
   """`mode='predict'`: score `config.predict.videos` with `config.model.checkpoint`; writes
   `predictions.json` to ``workdir`` and prints one line per video."""
   import json
-  from vqathinker_jax import smoke
-  from vqathinker_jax.text import demo_tokenizer
 
   c = config.predict
   if not config.model.checkpoint:
@@ -180,9 +172,9 @@ def run(config, workdir: pathlib.Path) -> dict:
   if not c.videos:
     raise ValueError("config.predict.videos: give video paths (comma-separated) or a folder")
   paths = list_videos(c.videos)
-  tokenizer = demo_tokenizer.resolve(config.model, workdir)
-  mesh = sharding.make_mesh(dict(config.mesh))
-  m, _ = smoke.build_model(config, mesh)  # outside the mesh context: logical names there
+  tokenizer = factory.tokenizer(config, workdir)
+  mesh = factory.make_mesh(config)
+  m, _ = factory.build_model(config, mesh)  # outside the mesh context: logical names there
   with jax.set_mesh(mesh):
     preds = predict(m, tokenizer, paths, frames=c.frames, size=c.size,
                     max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,

@@ -1,4 +1,4 @@
-"""Evaluation outputs (SPEC §5): answer parsing, a JSON report and a scatter-plot PNG per
+"""Evaluation outputs (docs/method.md §5): answer parsing, a JSON report and a scatter-plot PNG per
 data set, and a one-line-per-data-set summary table.
 
 Plots use matplotlib's object API on an Agg canvas (no pyplot), so no global backend is
@@ -28,7 +28,7 @@ def parse_eval_answer(text: str | None) -> tuple[float, bool]:
   """(score, ok) of a generated completion: the first number in the FIRST
   `<answer>...</answer>`. Without one (or without a number in it) -> (3.0, False).
 
-  Deliberately unlike the rewards (SPEC §3: last answer, whole text if none); the number
+  Deliberately unlike the rewards (docs/method.md §3: last answer, whole text if none); the number
   pattern and its Unicode-aware `\\d` are the rewards' own.
   """
   m = ANSWER_RE.search(text or "")

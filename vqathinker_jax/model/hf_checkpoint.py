@@ -398,7 +398,7 @@ def _converted_shape(shape: tuple[int, ...], kind: str, part) -> tuple[int, ...]
 
 def motion_config(config: dict, stored_shapes: dict[str, tuple]) -> slowfast.SlowFastConfig | None:
   """The motion branch's config when the checkpoint has one (`motion_mlp.*` or SlowFast
-  tensors): our `vqathinker_motion` entry if config.json has it, else SPEC's, with the
+  tensors): our `vqathinker_motion` entry if config.json has it, else the reference's (docs/method.md §1), with the
   SlowFast width and depth read off the tensors."""
   sf = {k[len(SLOWFAST_PREFIX):]: v for k, v in stored_shapes.items() if k.startswith(SLOWFAST_PREFIX)}
   if not sf and not any(k.startswith(MOTION_PREFIX) for k in stored_shapes):
@@ -407,7 +407,7 @@ def motion_config(config: dict, stored_shapes: dict[str, tuple]) -> slowfast.Slo
 
 
 def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-  """A newly initialised `motion_mlp` (SPEC's U(0, 0.01) init), flat path -> array."""
+  """A newly initialised `motion_mlp` (the reference's U(0, 0.01) init, docs/method.md §1), flat path -> array."""
   dt = DTYPES[cfg.param_dtype]
   mlp = MotionProjector(cfg.motion.feature_dim(), cfg.text.hidden_size, dtype=dt,
                         param_dtype=dt, rngs=nnx.Rngs(seed))

@@ -153,7 +153,7 @@ class InternVL(nnx.Module):
 
     ``pixel_values``: [N, H, W, 3] frames in order of appearance, or [B, T, H, W, 3]
     videos (the motion token needs these). ``train`` picks SlowFast's training frame
-    selection (SPEC §1).
+    selection (docs/method.md §1).
     """
     check_inputs(self.cfg, input_ids, pixel_values, train)
     return _jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask, train)

@@ -82,12 +82,15 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
 
 
+NORM_TYPES = ("layer_norm", "rms_norm")
+
+
 def make_norm(kind: str, dim: int, eps: float, axis_name: str, *, dtype, param_dtype):
   if kind == "layer_norm":
     return LayerNorm(dim, eps, axis_name, dtype=dtype, param_dtype=param_dtype)
   if kind == "rms_norm":
     return RMSNorm(dim, eps, axis_name, dtype=dtype, param_dtype=param_dtype)
-  raise ValueError(f"unknown norm_type {kind!r}; expected 'layer_norm' or 'rms_norm'")
+  raise ValueError(f"unknown norm_type {kind!r}; expected one of {NORM_TYPES}")
 
 
 def gelu(x: jax.Array) -> jax.Array:

@@ -130,7 +130,7 @@ def constrain_batch(x: jax.Array) -> jax.Array:
   The order is `fsdp`-major on purpose: with `data`-major batches, XLA (jax 0.10.2, both
   Shardy and GSPMD) permutes rows between devices in LayerNorm -> Linear -> GELU ->
   Linear chains whose kernels put `fsdp` on the output dimension; see
-  tests/sharding_test.py::test_sharded_batch_forward_matches for the guard.
+  tests/model/sharding_test.py::test_sharded_batch_forward_matches for the guard.
   """
   axes = batch_axes()
   if not axes or x.shape[0] % batch_shards():

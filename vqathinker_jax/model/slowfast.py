@@ -26,7 +26,7 @@ FUSION_RATIO = 2              # fusion conv output = 2x the fast pathway's chann
 
 @dataclasses.dataclass(frozen=True)
 class SlowFastConfig:
-  """SlowFast-R50 and VQAThinker's frame selection (SPEC §1, §6)."""
+  """SlowFast-R50 and VQAThinker's frame selection (docs/method.md §1, §6)."""
   width: int = 64                 # slow stem channels (fast: width / 8); 64 is R50
   depth: int = 50                 # 50 | 101 | 152 (stage depths 3,4,6,3 for 50)
   pool_t_slow: int = 8            # head AvgPool3d temporal kernel, slow pathway

@@ -1,5 +1,6 @@
-"""GRPO policy update (SPEC §4): packed group log-probs, the loss with TRL's normalisers,
-and one functional, jitted update step.
+"""GRPO (docs/method.md §4) as pure functions: packed group log-probs, the loss with TRL's
+normalisers, the update on scored rollouts (`update`) and the whole rollout -> rewards ->
+update step (`train_step`); `train.steps` jits them, `train.state` holds the state.
 
 Each video's prompt and its G completions are packed as `[prompt | c1 | ... | cG]` with a
 block mask (a completion sees the prompt and, causally, itself), so the ViT, SlowFast and
@@ -12,13 +13,11 @@ L = P + G·C packed tokens, D width, K tokens per LM-head chunk, N = B·G.
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx, struct
+from flax import nnx
 
 from data_pipelines import perturb
 from vqathinker_jax.model import layers
@@ -33,7 +32,7 @@ class GRPOConfig:
   """The update's knobs; names follow TRL's `GRPOConfig` where the meaning is the same."""
   num_generations: int = 4          # G completions per video
   beta: float = 0.04                # KL weight; 0 skips the reference model entirely
-  kl_estimator: str = "k3"          # k3 = exp(ref - logp) - (ref - logp) - 1 (SPEC); k1, k2
+  kl_estimator: str = "k3"          # k3 = exp(ref - logp) - (ref - logp) - 1 (docs/method.md §4); k1, k2
   epsilon: float = 0.2              # ratio clip, lower side: 1 - epsilon
   epsilon_high: float | None = None # upper side: 1 + epsilon_high (None: epsilon)
   loss_type: str = "grpo"           # grpo | bnpo | dapo | dr_grpo (TRL's normalisers)
@@ -43,20 +42,36 @@ class GRPOConfig:
   top_k: int = 50                   # sampling: keep the k likeliest tokens (0: all)
   top_p: float = 1.0                # sampling: nucleus mass (1: all)
   stop_ids: tuple = (151645, 151643)  # <|im_end|>, <|endoftext|>
-  temporal: bool = True             # also roll out G perturbed copies per video (SPEC §3)
+  temporal: bool = True             # also roll out G perturbed copies per video (docs/method.md §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
   micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
   logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
 
   def __post_init__(self):
-    if self.loss_type not in LOSS_TYPES:
-      raise ValueError(f"loss_type {self.loss_type!r} not in {LOSS_TYPES}")
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f"kl_estimator {self.kl_estimator!r} not in {KL_ESTIMATORS}")
-    if self.num_generations < 2:
-      raise ValueError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")
-    if self.num_iterations < 1:
-      raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+    # Messages name the field first: config_check reports them as `config.grpo.<field>`.
+    checks = [
+        ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {LOSS_TYPES}"),
+        ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, f"must be one of {KL_ESTIMATORS}"),
+        ("num_generations", self.num_generations >= 2,
+         "must be >= 2 (group advantages compare at least two completions per video)"),
+        ("num_iterations", self.num_iterations >= 1,
+         "must be >= 1 (policy updates per rollout batch)"),
+        ("max_completion_length", self.max_completion_length >= 1, "must be >= 1"),
+        ("temperature", self.temperature > 0, "must be > 0 (sampling divides the logits by it)"),
+        ("top_k", self.top_k >= 0, "must be >= 0 (0 keeps every token)"),
+        ("top_p", 0 < self.top_p <= 1, "must be in (0, 1] (1 keeps every token)"),
+        ("epsilon", self.epsilon >= 0, "must be >= 0"),
+        ("epsilon_high", self.epsilon_high is None or self.epsilon_high >= 0, "must be >= 0"),
+        ("beta", self.beta >= 0, "must be >= 0"),
+        ("logprob_chunk", self.logprob_chunk >= 1,
+         "must be >= 1 (completion tokens per LM-head chunk)"),
+        ("micro_batch_size", self.micro_batch_size >= 0, "must be >= 0 (0: the whole batch)"),
+        ("logprob_micro_batch_size", self.logprob_micro_batch_size >= 0,
+         "must be >= 0 (0: the whole batch)"),
+    ]
+    for name, ok, rule in checks:
+      if not ok:
+        raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
 
   @property
   def eps_high(self) -> float:
@@ -161,56 +176,6 @@ def reduce_loss(loss_BGC, mask_BGC, cfg: GRPOConfig, num_items=None, num_micro: 
 
 # ---------------------------------------------------------------------------- step ---
 
-@struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any                # the trainable nnx.Param leaves, as a nested dict of arrays
-  rest: Any                  # every other variable (frozen SlowFast weights, ...), ditto
-  opt_state: Any
-  ref_params: Any            # the frozen initial policy's params (None when beta == 0)
-  skipped: jax.Array         # updates skipped for a non-finite loss or gradient
-
-
-def init_state(model, tx: optax.GradientTransformation, cfg: GRPOConfig):
-  """(graphdef, TrainState) from a model; the reference is a copy of its params. The state
-  holds the model's own arrays and the jitted steps donate it: the model object is spent."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  # Plain arrays, not nnx.Variable leaves: a jitted step flattens and rebuilds the whole
-  # state on every call, and Variables do that in Python (~8 ms per step for the tiny
-  # model's 4 x 73 leaves, a third of its update); `nnx.merge` takes the dicts as they are.
-  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-  ref = jax.tree.map(jnp.copy, params) if cfg.beta else None
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                     opt_state=tx.init(params), ref_params=ref, skipped=jnp.zeros((), jnp.int32))
-  # Counters and optimiser scalars go on the parameters' mesh too: one layout for the
-  # whole state, so the jitted step's outputs match its inputs and never recompile.
-  mesh = jax.tree.leaves(params)[0].sharding.mesh
-  on_mesh = lambda x: (x if isinstance(x.sharding, jax.sharding.NamedSharding) else
-                       jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
-  return graphdef, jax.tree.map(on_mesh, state)
-
-
-def apply_if_finite(tx: optax.GradientTransformation, loss, grads, params, opt_state):
-  """One optimiser update, or none when the loss or the gradient is not finite.
-
-  Returns (params, opt_state, grad_norm, finite). A `lax.cond` rather than a select per
-  leaf: the skipped branch does no work, and the step stays a few ops instead of one
-  select for each of the params' and both moments' leaves (hundreds of runtime calls on
-  a small model).
-  """
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-  def apply(operands):
-    grads, params, opt_state = operands
-    updates, new_opt = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_opt
-
-  params, opt_state = jax.lax.cond(finite, apply, lambda ops: ops[1:],
-                                   (grads, params, opt_state))
-  return params, opt_state, grad_norm, finite
-
-
 def _micro(x, n):
   """[B, ...] -> [n, B/n, ...]."""
   return x.reshape(n, x.shape[0] // n, *x.shape[1:])
@@ -230,9 +195,42 @@ def _logprobs_no_grad(graphdef, params, rest, batch, cfg, n_micro):
   return out.reshape(-1, *out.shape[2:])
 
 
-def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransformation,
+def _micro_loss(graphdef, rest, cfg: GRPOConfig, num_items, n_micro: int, ratio_one: bool):
+  """``f(params, micro_batch) -> (loss, sums)``: one micro-batch's share of the loss, and
+  its masked sums of KL, clip indicators and entropy (for the metrics)."""
+  def micro_loss(params, mbatch):
+    m = nnx.merge(graphdef, params, rest)
+    logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
+                               mbatch["pixel_values"], mbatch["completions"],
+                               temperature=cfg.temperature, chunk=cfg.logprob_chunk)
+    old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
+    tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
+    cm = mbatch["completion_mask"].astype(jnp.float32)
+    loss = reduce_loss(tok, cm, cfg, num_items, n_micro)
+    sums = dict(kl=(kl * cm).sum(), clip_low=(low * cm).sum(), clip_high=(high * cm).sum(),
+                entropy=(ent * cm).sum())
+    return loss, sums
+  return micro_loss
+
+
+def _accumulate(grad_fn, params, micro_batches):
+  """(loss, sums, grads) of ``grad_fn`` summed over the micro-batches ([n, ...] leaves)."""
+  def add(acc, mbatch):
+    (loss, sums), g = grad_fn(params, mbatch)
+    return jax.tree.map(jnp.add, acc, (loss, sums, g)), None
+  zero = (jnp.zeros(()), dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0),
+          jax.tree.map(jnp.zeros_like, params))
+  zero = jax.tree.map(jnp.asarray, zero)
+  (loss, sums, grads), _ = jax.lax.scan(add, zero, micro_batches)
+  return loss, sums, grads
+
+
+def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
            cfg: GRPOConfig):
   """`num_iterations` policy updates on one batch of scored rollouts -> (state, metrics).
+
+  ``state``: a `train.state.TrainState` (params, rest, opt_state, ref_params, step,
+  skipped; `apply_gradients` applies ``tx`` unless the loss or gradient is not finite).
 
   batch: prompt_ids [B, P], prompt_mask [B, P], pixel_values (frames of the B videos),
   completions [B, G, C], completion_mask [B, G, C] (through the first EOS), advantages
@@ -266,36 +264,17 @@ def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransform
     data["old_logp"] = old_logp
     keys += ("old_logp",)
 
-  def micro_loss(params, mbatch):
-    m = nnx.merge(graphdef, params, state.rest)
-    logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
-                               mbatch["pixel_values"], mbatch["completions"],
-                               temperature=cfg.temperature, chunk=cfg.logprob_chunk)
-    old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
-    tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
-    cm = mbatch["completion_mask"].astype(jnp.float32)
-    loss = reduce_loss(tok, cm, cfg, num_items, n_micro)
-    sums = dict(kl=(kl * cm).sum(), clip_low=(low * cm).sum(), clip_high=(high * cm).sum(),
-                entropy=(ent * cm).sum())
-    return loss, sums
-
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  grad_fn = jax.value_and_grad(_micro_loss(graphdef, state.rest, cfg, num_items, n_micro,
+                                            ratio_one), has_aux=True)
 
   def one_iteration(carry, _):
     params, opt_state = carry
-    def accumulate(acc, mbatch):
-      (loss, sums), g = grad_fn(params, mbatch)
-      return jax.tree.map(jnp.add, acc, (loss, sums, g)), None
-    zero = (jnp.zeros(()), dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0),
-            jax.tree.map(jnp.zeros_like, params))
-    zero = jax.tree.map(jnp.asarray, zero)
-    (loss, sums, grads), _ = jax.lax.scan(accumulate, zero,
-                                          {k: _micro(data[k], n_micro) for k in keys})
-    params, opt_state, grad_norm, finite = apply_if_finite(tx, loss, grads, params,
-                                                           opt_state)
+    loss, sums, grads = _accumulate(grad_fn, params, {k: _micro(data[k], n_micro) for k in keys})
+    new, grad_norm, finite = state.replace(params=params, opt_state=opt_state).apply_gradients(
+        tx, loss, grads)
     out = dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32),
                **{k: v / jnp.maximum(num_items, 1.0) for k, v in sums.items()})
-    return (params, opt_state), out
+    return (new.params, new.opt_state), out
 
   with jax.named_scope("update"):
     (params, opt_state), per_iter = jax.lax.scan(
@@ -310,33 +289,11 @@ def update(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransform
   return new_state, metrics
 
 
-def make_optimizer(cfg_lr: float | optax.Schedule, *, max_grad_norm: float = 1.0,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """SPEC §4's AdamW with global-norm clipping (0: none)."""
-  parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
-  return optax.chain(*parts, optax.adamw(cfg_lr, b1=b1, b2=b2, eps=eps,
-                                         weight_decay=weight_decay))
-
-
-def _jit_keeping_layout(step_fn, state: TrainState):
-  """jit ``step_fn(state, ...) -> (state, metrics)`` so the new state keeps the layout of
-  ``state`` (parameters stay sharded as created, and the next call does not recompile)
-  and reuses its buffers (donated)."""
-  layout = jax.tree.map(lambda x: x.sharding, state)
-  return jax.jit(step_fn, out_shardings=(layout, None), donate_argnums=0)
-
-
-def make_update_step(graphdef, state: TrainState, tx, cfg: GRPOConfig):
-  """The jitted `step(state, batch) -> (state, metrics)` (see `_jit_keeping_layout`)."""
-  return _jit_keeping_layout(lambda st, batch: update(graphdef, st, batch, tx, cfg), state)
-
-
 # -------------------------------------------------------------- rollout -> update ---
 
 def vqathinker_rewards(table: rewards_lib.ByteTable, cfg: rewards_lib.RewardConfig,
                        max_bytes: int | None = None):
-  """SPEC §3's rewards of sampled token ids, on device: `reward_fn` for `train_step`.
+  """docs/method.md §3's rewards of sampled token ids, on device: `reward_fn` for `train_step`.
 
   ``max_bytes`` bounds the detokenised text (default: C x the longest token, which for
   Qwen's vocabulary is ~100x C); longer completions are scored as cut (`overflow`).
@@ -347,7 +304,7 @@ def vqathinker_rewards(table: rewards_lib.ByteTable, cfg: rewards_lib.RewardConf
   return reward_fn
 
 
-def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig,
+def train_step(graphdef, state, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig,
                reward_fn):
   """Rollout -> rewards -> `update`, one traceable function (jit it whole).
 
@@ -393,28 +350,3 @@ def train_step(graphdef, state: TrainState, batch: dict, rng: jax.Array, tx, cfg
   if "valid" in scores:
     metrics["parse_fail_rate"] = 1.0 - scores["valid"].astype(jnp.float32).mean()
   return state, metrics
-
-
-def make_train_step(graphdef, state: TrainState, tx, cfg: GRPOConfig, reward_fn):
-  """The jitted `step(state, batch, rng) -> (state, metrics)`: the whole GRPO step as one
-  program (see `_jit_keeping_layout`)."""
-  return _jit_keeping_layout(
-      lambda st, b, r: train_step(graphdef, st, b, r, tx, cfg, reward_fn), state)
-
-
-class TimedStep:
-  """Host wrapper of a jitted step: adds wall time, generated tokens/s and the number of
-  compilations so far to the metrics (fetching them ends the asynchronous dispatch, so
-  wrap only where metrics are read every step anyway)."""
-
-  def __init__(self, step):
-    self.step = step
-
-  def __call__(self, *args):
-    t0 = time.perf_counter()
-    state, metrics = self.step(*args)
-    metrics = jax.device_get(metrics)
-    dt = time.perf_counter() - t0
-    metrics.update(step_time_s=dt, tokens_per_s=float(metrics["tokens"]) / dt,
-                   compilations=self.step._cache_size())
-    return state, metrics

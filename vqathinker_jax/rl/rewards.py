@@ -1,4 +1,4 @@
-"""VQAThinker rewards (SPEC §3) in pure JAX, from completion token ids to group advantages.
+"""VQAThinker rewards (docs/method.md §3) in pure JAX, from completion token ids to group advantages.
 
 Completions are detokenised on device through a `ByteTable` (token id -> its bytes, byte-level
 BPE undone, special tokens dropped as `skip_special_tokens=True` decoding does), then parsed
@@ -8,7 +8,7 @@ jumping; no sequential scan) that agree exactly with Python `re` on the decoded 
   answer  the last group of `re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)`, or the
           whole text if none (as the reference), then the first `-?\\d+(\\.\\d+)?` in it.
 `\\s` and `\\d` are Unicode-aware as in Python (e.g. U+3000, `３`); invalid UTF-8 behaves as
-U+FFFD. Project defaults (SPEC §3): unparseable -> invalid (never a random score), decimals
+U+FFFD. Project defaults (docs/method.md §3): unparseable -> invalid (never a random score), decimals
 counted as written, fidelity pairing over the whole batch, temporal bonus per video group.
 Legend: N completions (B videos x G, video-major), C completion tokens, L bytes, V vocabulary,
 B videos, G completions per video, Z comparator videos.
@@ -27,6 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
+
+
+PAIRINGS = ("batch", "micro")          # fidelity comparators: the global batch or micro-batches
+TEMPORAL_SCOPES = ("group", "micro")   # temporal-bonus means: per video group or micro-batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +54,16 @@ class RewardConfig:
   score_clip: float = 1e15
 
   def __post_init__(self):
-    if self.pairing not in ("batch", "micro"):
-      raise ValueError(f"pairing must be 'batch' or 'micro', got {self.pairing!r}")
-    if self.temporal_scope not in ("group", "micro"):
-      raise ValueError(f"temporal_scope must be 'group' or 'micro', got {self.temporal_scope!r}")
+    if self.pairing not in PAIRINGS:
+      raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+    if self.temporal_scope not in TEMPORAL_SCOPES:
+      raise ValueError(f"temporal_scope must be one of {TEMPORAL_SCOPES}, got {self.temporal_scope!r}")
     if self.micro_videos < 1:
-      raise ValueError("micro_videos must be >= 1")
+      raise ValueError(f"micro_videos must be >= 1, got {self.micro_videos}")
+    if not self.sigma > 0:
+      raise ValueError(f"sigma must be > 0 (width of the bell-shaped regression reward), got {self.sigma}")
+    if self.min_decimals < 0:
+      raise ValueError(f"min_decimals must be >= 0, got {self.min_decimals}")
 
 
 # ----------------------------------------------------------------------------- byte table
@@ -221,11 +229,26 @@ def _first(flag_NL: jax.Array, reverse_fill: int) -> jax.Array:
 def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
                       score_clip: float = RewardConfig.score_clip) -> Parsed:
   """Format flag and first-number parse of UTF-8 completions (see the module docstring)."""
-  N, L = bytes_NL.shape
+  L = bytes_NL.shape[1]
   pos_L = jnp.arange(L)
   n_N = jnp.minimum(length_N.astype(jnp.int32), L)
   b = jnp.where(pos_L < n_N[:, None], bytes_NL.astype(jnp.int32), 0)
+  space_byte, digit_start, digit_byte, digit_val = _char_flags(b)
+  open_ans, close_ans = _match(b, "<answer>"), _match(b, "</answer>")
+  fmt_N = _format_flag(b, n_N, space_byte, open_ans, close_ans)
+  lo_N, hi_N = _last_answer_span(n_N, open_ans, close_ans)
+  valid_N, neg_N, d0_N, e1_N, e2_N, has_frac = _first_number(b, digit_start, digit_byte,
+                                                             lo_N, hi_N)
+  value_N, decimals_N = _number_value(digit_start, digit_val, d0_N, e1_N, e2_N, has_frac)
+  value_N = jnp.clip(jnp.where(neg_N, -value_N, value_N), -score_clip, score_clip)
+  return Parsed(format_N=fmt_N.astype(jnp.float32), valid_N=valid_N,
+                score_N=jnp.where(valid_N, value_N, 0.0),
+                decimals_N=jnp.where(valid_N, decimals_N, 0).astype(jnp.int32))
 
+
+def _char_flags(b):
+  """Per byte of [N, L] UTF-8 (0 past the end): whether it belongs to a whitespace
+  character, whether it starts / belongs to a decimal digit, and the digit's value."""
   # UTF-8: the well-formed sequence starting at each byte, decided from 3 bytes of look-ahead
   # (continuation bytes never start one, so no left context is needed). Anything else is a
   # one-byte replacement character, which no pattern below can match.
@@ -255,24 +278,31 @@ def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
       out |= _shift(start_flag & (nbytes > k), -k, False)
     return out
 
-  space_byte, digit_byte = whole_char(is_space), whole_char(digit_start)
+  return whole_char(is_space), digit_start, whole_char(digit_start), digit_val
 
+
+def _format_flag(b, n_N, space_byte, open_ans, close_ans):
+  """Whether the whole text is "<think>" A "</think>" W "<answer>" B "</answer>", W
+  whitespace. "</think>" ends in '>', so for an "<answer>" at q the only possible W is the
+  maximal whitespace run ending at q: "</think>" must end exactly where that run starts."""
+  L = b.shape[1]
+  pos_L = jnp.arange(L)
   open_think, close_think = _match(b, "<think>"), _match(b, "</think>")
-  open_ans, close_ans = _match(b, "<answer>"), _match(b, "</answer>")
-
-  # Format. The text must be "<think>" A "</think>" W "<answer>" B "</answer>" with W
-  # whitespace. "</think>" ends in '>', so for an "<answer>" at q the only possible W is the
-  # maximal whitespace run ending at q: "</think>" must end exactly where that run starts.
   prev_nonspace = jax.lax.cummax(jnp.where(space_byte, -1, pos_L), axis=1)
   run_start = _shift(prev_nonspace, -1, -1) + 1          # start of the run ending at l - 1
   think_at = jnp.take_along_axis(close_think, jnp.clip(run_start - 8, 0, L - 1), 1)
   split_ok = (open_ans & think_at & (run_start - 8 >= 7)
               & (pos_L + 8 <= n_N[:, None] - 9)).any(axis=1)
-  fmt_N = open_think[:, 0] & _at(close_ans, n_N - 9, False) & split_ok
+  return open_think[:, 0] & _at(close_ans, n_N - 9, False) & split_ok
 
-  # Last findall match of "<answer>(.*?)</answer>": scanning left to right, an "<answer>" at
-  # i matches iff a "</answer>" starts at or after i + 8; it ends at the first such j and the
-  # scan resumes at j + 9. Pointer jumping over "next match" finds the chain's last element.
+
+def _last_answer_span(n_N, open_ans, close_ans):
+  """[lo, hi) of the last findall match of "<answer>(.*?)</answer>" (the whole text when
+  none). Scanning left to right, an "<answer>" at i matches iff a "</answer>" starts at or
+  after i + 8; it ends at the first such j and the scan resumes at j + 9. Pointer jumping
+  over "next match" finds the chain's last element."""
+  N, L = open_ans.shape
+  pos_L = jnp.arange(L)
   close_from = _shift(_first(close_ans, L), 8, L)        # first "</answer>" at >= l + 8
   cand = open_ans & (close_from < L)
   next_cand = jnp.concatenate([_first(cand, L), jnp.full((N, 1), L)], axis=1)
@@ -283,10 +313,16 @@ def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
   first_match = next_cand[:, 0]
   has_match = first_match < L
   last = _at(f, first_match, 0)
-  lo_N = jnp.where(has_match, last + 8, 0)
-  hi_N = jnp.where(has_match, _at(close_from, last, L), n_N)
+  return (jnp.where(has_match, last + 8, 0),
+          jnp.where(has_match, _at(close_from, last, L), n_N))
 
-  # First "-?\d+(\.\d+)?" in [lo, hi): leftmost start, greedy digits, optional fraction.
+
+def _first_number(b, digit_start, digit_byte, lo_N, hi_N):
+  """The first "-?\\d+(\\.\\d+)?" in [lo, hi): leftmost start, greedy digits, optional
+  fraction. Returns (found, negative, first digit, end of the integer digits, end of the
+  number, has a fraction)."""
+  L = b.shape[1]
+  pos_L = jnp.arange(L)
   region = (pos_L >= lo_N[:, None]) & (pos_L < hi_N[:, None])
   minus = b == ord("-")
   digit_next = _shift(digit_start, 1, False) & (pos_L + 1 < hi_N[:, None])
@@ -300,10 +336,16 @@ def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
   has_frac = _at(b, e1_N) == ord(".")
   has_frac &= _at(digit_start, e1_N + 1, False) & (e1_N + 1 < hi_N)
   e2_N = jnp.where(has_frac, _at(nondigit_from, e1_N + 1, L), e1_N)
+  return valid_N, neg_N, d0_N, e1_N, e2_N, has_frac
 
-  # Value. Up to 7 digits (all real scores) the integer mantissa is exact in float32 and one
-  # division rounds it: the score is float32(the decimal). Longer numbers sum digit x 10^k,
-  # exponents counted in characters (digits may be multi-byte) and clamped to float32 range.
+
+def _number_value(digit_start, digit_val, d0_N, e1_N, e2_N, has_frac):
+  """(|value|, decimals) of the number whose digits span [d0, e2). Up to 7 digits (all
+  real scores) the integer mantissa is exact in float32 and one division rounds it: the
+  score is float32(the decimal). Longer numbers sum digit x 10^k, exponents counted in
+  characters (digits may be multi-byte) and clamped to float32 range."""
+  N, L = digit_start.shape
+  pos_L = jnp.arange(L)
   ex = jnp.concatenate([jnp.zeros((N, 1), jnp.int32),
                         jnp.cumsum(digit_start.astype(jnp.int32), axis=1)], axis=1)  # [N, L+1]
   cnt_before = ex[:, :-1]                                # digit starts in [0, l)
@@ -318,11 +360,7 @@ def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
   pow10_int = jnp.asarray([10 ** k for k in range(7)], jnp.int32)
   mant_N = (dv * pow10_int[jnp.clip(exp + decimals_N[:, None], 0, 6)]).sum(1)
   exact_N = mant_N.astype(jnp.float32) / pow10[jnp.minimum(decimals_N, 38) + 45]
-  value_N = jnp.where(digits.sum(1) <= 7, exact_N, approx_N)
-  value_N = jnp.clip(jnp.where(neg_N, -value_N, value_N), -score_clip, score_clip)
-  return Parsed(format_N=fmt_N.astype(jnp.float32), valid_N=valid_N,
-                score_N=jnp.where(valid_N, value_N, 0.0),
-                decimals_N=jnp.where(valid_N, decimals_N, 0).astype(jnp.int32))
+  return jnp.where(digits.sum(1) <= 7, exact_N, approx_N), decimals_N
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -342,7 +380,7 @@ def _blocks(B: int, cfg: RewardConfig, micro: bool) -> jax.Array:
 
 def ranking_reward(p: Parsed, labels_B: jax.Array, cfg: RewardConfig) -> jax.Array:
   """Fidelity ranking reward of each completion against the other videos' valid
-  predictions (SPEC §3, project edge cases)."""
+  predictions (docs/method.md §3, project edge cases)."""
   B = labels_B.shape[0]
   G = p.score_N.shape[0] // B
   valid_BG = p.valid_N.reshape(B, G)
@@ -394,7 +432,7 @@ def compute_rewards(parsed: Parsed, labels_B: jax.Array, cfg: RewardConfig = Rew
   """Per-completion rewards ([N] each) from parsed completions, video-major N = B x G.
 
   ``perturbed``: the parse of the G rollouts per video on the temporally perturbed copies;
-  when given, the temporal bonus is added to ``ranking`` / ``regression`` (SPEC §3).
+  when given, the temporal bonus is added to ``ranking`` / ``regression`` (docs/method.md §3).
   """
   B = labels_B.shape[0]
   N = parsed.score_N.shape[0]

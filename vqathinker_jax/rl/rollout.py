@@ -30,7 +30,7 @@ from vqathinker_jax import model as model_lib
 from vqathinker_jax.model import llm, sharding
 from vqathinker_jax.model.config import DTYPES
 
-IM_END_ID = 151645       # <|im_end|>: the chat template's end of turn (SPEC §2)
+IM_END_ID = 151645       # <|im_end|>: the chat template's end of turn (docs/method.md §2)
 ENDOFTEXT_ID = 151643    # <|endoftext|>: Qwen2's EOS
 DEFAULT_STOP_IDS = (IM_END_ID, ENDOFTEXT_ID)
 _MIN_TEMPERATURE = 1e-6  # temperature 0 degrades to greedy instead of dividing by zero

@@ -59,14 +59,3 @@ def save(tok: tok_lib.Tokenizer, out_dir) -> pathlib.Path:
   (out / "tokenizer_config.json").write_text(json.dumps(
       {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
   return out
-
-
-def resolve(model_config, workdir) -> tok_lib.Tokenizer:
-  """The run's tokenizer from the `model` config section: 'demo' builds (once) and saves the
-  demo tokenizer under workdir/tokenizer; else `tokenizer` or the checkpoint's files."""
-  if model_config.tokenizer == "demo":
-    path = pathlib.Path(workdir) / "tokenizer"
-    if not (path / "tokenizer.json").exists():
-      save(build(), path)
-    return tok_lib.load_tokenizer(path)
-  return tok_lib.load_tokenizer(model_config.tokenizer or model_config.checkpoint)

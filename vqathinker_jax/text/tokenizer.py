@@ -1,4 +1,4 @@
-"""Tokenizer files, the InternVL `internvl2_5` chat template and the VQAThinker prompt (SPEC §2).
+"""Tokenizer files, the InternVL `internvl2_5` chat template and the VQAThinker prompt (docs/method.md §2).
 
 A checkpoint's tokenizer is read with `tokenizers` from ``tokenizer.json`` or, as InternVL3
 ships it, from ``vocab.json`` + ``merges.txt`` (rebuilt the way transformers converts a Qwen2
@@ -27,7 +27,7 @@ IMAGE_PLACEHOLDER = "<image>"
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-# InternVL's default system message; the `internvl2_5` template always carries it (SPEC §6).
+# InternVL's default system message; the `internvl2_5` template always carries it (docs/method.md §6).
 INTERNVL_SYSTEM_MESSAGE = ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家"
                            "合作单位联合开发的多模态大语言模型。")
 QUESTION = ("You are doing the video quality assessment task. Here is the question: What is your "
@@ -162,11 +162,14 @@ def tokens_per_frame(image_size: int, patch_size: int = 14, downsample_ratio: fl
   return int(round(side * downsample_ratio)) ** 2
 
 
+LAYOUTS = ("train", "reference_eval")  # the training prompt; the reference's evaluation one
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
   """The VQAThinker user turn.
 
-  ``layout``: ``"train"`` is SPEC §2 (one line per frame, the reference training prompt);
+  ``layout``: ``"train"`` is docs/method.md §2 (one line per frame, the reference training prompt);
   ``"reference_eval"`` is the release's `batch_infer.py` string (``Frame1: <image>`` with
   no newlines, no space before "First output").
   """
@@ -179,8 +182,8 @@ class PromptConfig:
   layout: str = "train"
 
   def __post_init__(self):
-    if self.layout not in ("train", "reference_eval"):
-      raise ValueError(f"layout must be 'train' or 'reference_eval', got {self.layout!r}")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
     if self.num_frames < 1 or self.tokens_per_frame < 1:
       raise ValueError("num_frames and tokens_per_frame must be positive")
 

@@ -25,15 +25,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 import sys
 import types
 
+from vqathinker_jax import factory
 from vqathinker_jax.model import sharding
 from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
 from vqathinker_jax.model.slowfast import SlowFastConfig
 
-# Text tokens of the SPEC §2 training prompt outside the `<IMG_CONTEXT>` slots, measured with
+# Text tokens of the docs/method.md §2 training prompt outside the `<IMG_CONTEXT>` slots, measured with
 # Qwen2.5's BPE (the InternVL3 tokenizer: qwen.tiktoken ranks and Qwen2's split regex) on
 # `tokenizer.prompt_text(PromptConfig(layout="train"))`: 139 for the chat template, system
 # message, question and format instruction, plus per frame `Frame{i}:` + `<img>` `</img>` +
@@ -85,34 +85,12 @@ class Setup:
 
 
 def prompt_tokens(frames: int, tokens_per_frame: int, motion: bool) -> int:
-  """P of the SPEC §2 training prompt (see PROMPT_TEXT_TOKENS)."""
+  """P of the docs/method.md §2 training prompt (see PROMPT_TEXT_TOKENS)."""
   text = PROMPT_TEXT_TOKENS + sum(5 + len(str(i + 1)) for i in range(frames))
   return text + frames * tokens_per_frame + (MOTION_TEXT_TOKENS + 1 if motion else 0)
 
 
-def model_config_from(c) -> ModelConfig:
-  """The architecture of a run config: the checkpoint's config.json when the directory
-  exists, else `model.arch` (with the motion branch when `slowfast_weights` or
-  `arch.motion.enabled` says so)."""
-  m = c.model
-  motion = None
-  if m.arch.motion.enabled or m.slowfast_weights:
-    mo = m.arch.motion
-    motion = SlowFastConfig(width=mo.width, depth=mo.depth, pool_t_slow=mo.pool_t_slow,
-                            pool_t_fast=mo.pool_t_fast, pool_hw=mo.pool_hw)
-  path = pathlib.Path(m.checkpoint) if m.checkpoint else None
-  if path is not None and (path / "config.json").exists():
-    from vqathinker_jax.model import hf_checkpoint as checkpoint
-    hf = json.loads((path / "config.json").read_text())
-    text = hf.get("text_config") or hf.get("llm_config") or {}
-    # An untied LM head is what InternVL3 ships; the config's own flag is unreliable.
-    return checkpoint.config_from_hf(hf, has_lm_head=not text.get("tie_word_embeddings", False),
-                                     motion=motion, path=path, dtype=m.dtype,
-                                     param_dtype=m.param_dtype)
-  a = m.arch
-  return ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()),
-                     image_token_id=a.image_token_id, vision_feature_layer=a.vision_feature_layer,
-                     motion=motion, dtype=m.dtype, param_dtype=m.param_dtype)
+model_config_from = factory.model_config  # kept: benchmarks and tests call it by this name
 
 
 def resolve_mesh(mesh: dict, devices: int) -> dict:
@@ -325,7 +303,7 @@ def update_activation_bytes(s: Setup) -> dict:
   backward pass reads (llm, vit, head) and the working sets that land on top of all of it
   at the update's peak (head_backward, reference_layer: `plan` takes the larger). Counted
   from the buffers XLA keeps live at the peak of the compiled step (CPU dumps of the tiny
-  configs in tests/plan_test.py, each buffer traced to its source line). Token-wise tensors
+  configs in tests/tools/plan_test.py, each buffer traced to its source line). Token-wise tensors
   are in the compute dtype, except what the code computes in float32 (norm statistics,
   softmax).
 
@@ -478,8 +456,8 @@ def main(argv=None):
   config = config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py).")
   devices = flags.DEFINE_integer("devices", None, "Devices (default: the mesh's product, "
                                  "else jax.device_count()).")
-  prompt_len = flags.DEFINE_integer("prompt_len", None, "Prompt tokens P (default: the SPEC "
-                                    "§2 template's, see PROMPT_TEXT_TOKENS).")
+  prompt_len = flags.DEFINE_integer("prompt_len", None, "Prompt tokens P (default: the "
+                                    "docs/method.md §2 template's, see PROMPT_TEXT_TOKENS).")
   as_json = flags.DEFINE_bool("json", False, "Print JSON.")
   flags.mark_flags_as_required(["config"])
 

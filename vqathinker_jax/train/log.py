@@ -108,6 +108,9 @@ class Timer:
   def __init__(self):
     self.seconds: dict[str, float] = {}
 
+  def add(self, name: str, seconds: float) -> None:
+    self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
   def __call__(self, name):
     timer = self
 
@@ -116,7 +119,7 @@ class Timer:
         self.t0 = time.perf_counter()
 
       def __exit__(self, *exc):
-        timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+        timer.add(name, time.perf_counter() - self.t0)
     return _Block()
 
 

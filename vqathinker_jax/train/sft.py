@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from vqathinker_jax.rl import grpo
 from vqathinker_jax.text import demo_tokenizer, tokenizer as tok_lib
+from vqathinker_jax.train.state import TrainState
 
 
 def target_text(label: float, think: str) -> str:
@@ -46,21 +48,17 @@ def loss_fn(model, prompt_ids_BP, prompt_mask_BP, pixel_values, target_BC, mask_
   return -(logp_B1C[:, 0] * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
-def step(graphdef, state: grpo.TrainState, batch: dict, tx: optax.GradientTransformation,
+def step(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransformation,
          chunk: int = 256):
   """One SFT update -> (state, metrics). batch: prompt_ids/prompt_mask [B, P], pixel_values,
   targets/target_mask [B, C]. Non-finite gradients leave the state unchanged (counted)."""
-  from flax import nnx
-
   def f(params):
     m = nnx.merge(graphdef, params, state.rest)
     return loss_fn(m, batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
                    batch["targets"], batch["target_mask"], chunk)
 
   loss, grads = jax.value_and_grad(f)(state.params)
-  params, opt_state, grad_norm, finite = grpo.apply_if_finite(tx, loss, grads, state.params,
-                                                              state.opt_state)
+  new, grad_norm, finite = state.apply_gradients(tx, loss, grads)
   skipped = (~finite).astype(jnp.int32)
-  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                      skipped=state.skipped + skipped)
+  new = new.replace(step=state.step + 1, skipped=state.skipped + skipped)
   return new, dict(loss=loss, grad_norm=grad_norm, skipped=skipped)

@@ -10,45 +10,31 @@ Legend: B videos, G completions per video, T frames, H/W pixels, P prompt tokens
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import math
+import os
 import pathlib
 import shutil
 import time
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from data_pipelines import perturb, pipeline
-from vqathinker_jax import smoke
-from vqathinker_jax.eval import evaluate, predict
+from vqathinker_jax import factory
+from vqathinker_jax.eval import evaluate
 from vqathinker_jax.model import sharding
 from vqathinker_jax.rl import grpo, rewards
-from vqathinker_jax.text import demo_tokenizer, tokenizer as tok_lib
-from vqathinker_jax.train import checkpointing, sft, log as train_log
-
-def normalize(frames_BTHWC):
-  """uint8 RGB -> ImageNet-normalised float32 as `predict.normalize`, but on device (a
-  quarter of the bytes to move)."""
-  return (frames_BTHWC.astype(jnp.float32) - predict.IMAGENET_MEAN) / predict.IMAGENET_STD
+from vqathinker_jax.text import tokenizer as tok_lib
+from vqathinker_jax.train import checkpointing, sft, steps, log as train_log
+from vqathinker_jax.train.state import Step, init_state, make_optimizer, policy, schedule
 
 
-def schedule(o, total_steps: int) -> optax.Schedule:
-  """SPEC §4 default: linear decay to 0, no warm-up; or constant / cosine."""
-  decay = max(total_steps - o.warmup_steps, 1)
-  main = {"linear": optax.linear_schedule(o.lr, 0.0, decay),
-          "constant": optax.constant_schedule(o.lr),
-          "cosine": optax.cosine_decay_schedule(o.lr, decay)}[o.schedule]
-  if not o.warmup_steps:
-    return main
-  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), main],
-                              [o.warmup_steps])
-
+# ------------------------------------------------------------ config -> objects ---
 
 def grpo_config(config, stop_ids) -> grpo.GRPOConfig:
   g = config.grpo
@@ -67,13 +53,13 @@ def grpo_steps(config, train_size: int) -> int:
 def _sft_tx(config):
   # Cosine decay to 0: the warm-start ends settled instead of at a noisy constant-lr point.
   lr = optax.cosine_decay_schedule(config.sft.lr, max(config.sft.steps, 1))
-  return grpo.make_optimizer(lr, max_grad_norm=config.train.optimizer.max_grad_norm)
+  return make_optimizer(lr, max_grad_norm=config.train.optimizer.max_grad_norm)
 
 
 def _grpo_tx(config, num_steps: int):
   o = config.train.optimizer
-  return grpo.make_optimizer(schedule(o, num_steps), max_grad_norm=o.max_grad_norm, b1=o.b1,
-                             b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+  return make_optimizer(schedule(o, num_steps), max_grad_norm=o.max_grad_norm, b1=o.b1,
+                        b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
 
 
 def trained_model(config, workdir):
@@ -87,32 +73,17 @@ def trained_model(config, workdir):
     step = ckpt.latest_step()
     if step is None:
       return None
-    mesh = sharding.make_mesh(dict(config.mesh))
-    model, _ = smoke.build_model(config, mesh)
+    model, _ = factory.build_model(config, factory.make_mesh(config))
     if step <= config.sft.steps:
-      graphdef, state = _sft_state(model, _sft_tx(config))
+      graphdef, state = init_state(model, _sft_tx(config), reference=False)
     else:  # the optimiser state's structure does not depend on the step count
-      stop_ids = demo_tokenizer.resolve(config.model, workdir).special.stop_ids
-      graphdef, state = grpo.init_state(model, _grpo_tx(config, 1), grpo_config(config, stop_ids))
+      graphdef, state = init_state(model, _grpo_tx(config, 1),
+                                   reference=bool(config.grpo.beta))
     state, _, _ = ckpt.restore(step, state)
     logging.info("evaluating the policy of %s", ckdir / str(step))
-    return nnx.merge(graphdef, state.params, state.rest)
+    return policy(graphdef, state)
   finally:
     ckpt.close()
-
-
-class _Phase:
-  """A jitted step compiled ahead of time (its compile time is reported, and a batch of
-  another shape fails loudly instead of recompiling)."""
-
-  def __init__(self, jitted, timer, name):
-    self.jitted, self.compiled, self.timer, self.name = jitted, None, timer, name
-
-  def __call__(self, *args):
-    if self.compiled is None:
-      with self.timer(self.name):
-        self.compiled = self.jitted.lower(*args).compile()
-    return self.compiled(*args)
 
 
 def _device_batch(batch: dict, mesh, keys):
@@ -129,11 +100,6 @@ def _replicated(x, mesh):
   return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _sft_state(model, tx):
-  """GRPO's TrainState without a reference model (the same layout, checkpoints alike)."""
-  return grpo.init_state(model, tx, grpo.GRPOConfig(beta=0.0))
-
-
 def _load_eval(workdir, tag) -> dict:
   """An earlier run's evaluation summary (a resumed run does not repeat it)."""
   path = pathlib.Path(workdir) / "eval" / tag / "summary.json"
@@ -144,168 +110,196 @@ def _mean_reward_curve(rows, phase="grpo", key="reward/total"):
   return [r[key] for r in rows if r.get("phase") == phase and key in r]
 
 
-def run(config, workdir: pathlib.Path) -> dict:
-  workdir = pathlib.Path(workdir)
+# ------------------------------------------------------------------------ the run ---
+
+@dataclasses.dataclass
+class _Run:
+  """What the phases share: the config's objects, the run's outputs and its position."""
+  config: Any
+  workdir: pathlib.Path
+  mesh: Any
+  tokenizer: tok_lib.Tokenizer
+  source: Any                 # the training set (Grain random-access source)
+  model_cfg: Any
+  prompt_P: np.ndarray        # the training prompt's ids (the same for every video)
+  sft_steps: int              # S: steps 1..S are SFT, S+1..S+N GRPO
+  grpo_steps: int             # N
+  latest: int                 # the latest checkpointed step (0: none)
+  ckpt: checkpointing.Checkpointer
+  writer: train_log.MetricWriter
+  profiler: train_log.Profiler
+  timer: train_log.Timer
+  key: jax.Array
+  evals: dict = dataclasses.field(default_factory=dict)
+
+  def dataset(self, batch_size: int, seed: int, **kw):
+    d = self.config.data
+    return iter(pipeline.dataset(self.source, batch_size=batch_size // jax.process_count(),
+                                 seed=seed, worker_count=d.worker_count,
+                                 read_threads=d.read_threads, prefetch=d.prefetch, **kw))
+
+  def evaluate(self, graphdef, state, tag: str) -> None:
+    with self.timer(f"eval/{tag}"):
+      self.evals[tag] = evaluate.run(self.config, self.workdir, model=policy(graphdef, state),
+                                     tokenizer=self.tokenizer, mesh=self.mesh, tag=tag)
+
+  def log(self, s: int, first: int, state, metrics, t0: float, phase: str) -> None:
+    """Writes step s's metrics every `log_every` steps of the phase and at its last."""
+    last = self.sft_steps if phase == "sft" else self.sft_steps + self.grpo_steps
+    if (s - first) % self.config.train.log_every == 0 or s == last:
+      metrics = jax.device_get(metrics)
+      dt = time.perf_counter() - t0
+      metrics["step_time_s"] = dt
+      if "tokens" in metrics:
+        metrics["tokens_per_s"] = float(metrics["tokens"]) / dt
+      self.writer.write(s, metrics, phase)
+    self.profiler.after(s, state.params)
+
+
+def _setup(config, workdir: pathlib.Path):
+  """The run's objects, and the model to train (placed on the mesh)."""
   workdir.mkdir(parents=True, exist_ok=True)
-  timer = train_log.Timer()
-  mesh = sharding.make_mesh(dict(config.mesh))
-  tokenizer = demo_tokenizer.resolve(config.model, workdir)
-  data_dir = evaluate.ensure_synthetic(config, workdir, config.data.frames, config.data.size,
-                                      workers=min(4, os.cpu_count() or 1)) \
-      if config.data.synthetic.enabled else config.data.data_dir
+  mesh = factory.make_mesh(config)
+  tokenizer = factory.tokenizer(config, workdir)
+  data_dir = factory.train_data_dir(config, workdir, workers=min(4, os.cpu_count() or 1))
   source = pipeline.data_source(data_dir, config.data.train, config.data.train_split,
                                 config.data.frames, config.data.size)
-  S = config.sft.steps
-  N = grpo_steps(config, len(source))
-  total = S + N
-  model, mcfg = smoke.build_model(config, mesh)  # outside the mesh context: logical names
+  S, N = config.sft.steps, grpo_steps(config, len(source))
+  model, mcfg = factory.build_model(config, mesh)  # outside the mesh context: logical names
   prompt = tok_lib.PromptConfig(
       num_frames=config.data.frames, motion=mcfg.motion is not None,
       tokens_per_frame=mcfg.tokens_per_frame(config.data.size))
-  prompt_P = tok_lib.prompt_ids(tokenizer, prompt)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                     save_every=config.train.checkpoint_every)
-  writer = train_log.MetricWriter(workdir, total)
-  profiler = train_log.Profiler(workdir, config.train.profile_start, config.train.profile_end)
-  key = jax.random.key(config.seed)
-  nproc = jax.process_count()
+  run = _Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, source=source,
+             model_cfg=mcfg, prompt_P=tok_lib.prompt_ids(tokenizer, prompt), sft_steps=S,
+             grpo_steps=N, latest=ckpt.latest_step() or 0, ckpt=ckpt,
+             writer=train_log.MetricWriter(workdir, S + N),
+             profiler=train_log.Profiler(workdir, config.train.profile_start,
+                                         config.train.profile_end),
+             timer=train_log.Timer(), key=jax.random.key(config.seed))
+  return run, model
+
+
+def _run_sft(run: _Run, graphdef, state):
+  """SFT steps latest+1..S (none when done); returns the state GRPO starts from."""
+  config, S = run.config, run.sft_steps
+  if not S:
+    return state
+  if run.latest >= S:  # SFT done: its final state is the GRPO starting point
+    if run.latest == S:
+      state, _, _ = run.ckpt.restore(S, state, run.key)
+    return state
+  C = sft.target_length(run.tokenizer, config.sft.think)
+  it = run.dataset(config.sft.batch_size, config.seed, num_copies=0)
+  if run.latest:
+    state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
+    run.writer.set_position(run.latest)
+  step = Step(steps.make_sft_step(graphdef, state, _sft_tx(config), config.grpo.logprob_chunk,
+                                  prepare=steps.prompt_and_frames(run.prompt_P)),
+              on_compile=lambda s: run.timer.add("sft", s))
+  with jax.set_mesh(run.mesh):
+    for s in range(run.latest + 1, S + 1):
+      host = next(it)
+      host["targets"], host["target_mask"] = sft.targets(run.tokenizer, host["label"],
+                                                         config.sft.think, C)
+      b = _device_batch(host, run.mesh, ("frames", "targets", "target_mask"))
+      run.profiler.before(s)
+      t0 = time.perf_counter()
+      state, metrics = step(state, b)
+      run.log(s, 0, state, metrics, t0, "sft")
+      run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "sft"},
+                    force=s == S)
+  run.latest = S
+  return state
+
+
+def _run_grpo(run: _Run, graphdef, sft_state):
+  """Evaluates the starting policy (once), then GRPO steps up to S+N; returns the final
+  policy (evaluated too)."""
+  config, S, N = run.config, run.sft_steps, run.grpo_steps
+  total = S + N
+  gcfg = grpo_config(config, run.tokenizer.special.stop_ids)
+  reward_fn = grpo.vqathinker_rewards(rewards.byte_table(run.tokenizer), reward_config(config))
+  tx = _grpo_tx(config, N)
+  start_tag = "sft" if S else "init"
+  if run.latest <= S:
+    with jax.set_mesh(run.mesh):
+      run.evaluate(graphdef, sft_state, start_tag)
+  else:
+    run.evals[start_tag] = _load_eval(run.workdir, start_tag)
+  graphdef, state = init_state(policy(graphdef, sft_state), tx, reference=bool(gcfg.beta))
+  del sft_state
   modes = tuple(m for m in config.data.perturb_modes.split(",") if m) or perturb.MODES
-  data_kw = dict(worker_count=config.data.worker_count, read_threads=config.data.read_threads,
-                 prefetch=config.data.prefetch)
-  latest = ckpt.latest_step() or 0
-  evals: dict[str, dict] = {}
-  summary: dict = {"workdir": str(workdir)}
+  it = run.dataset(config.train.batch_size, config.seed + 1,
+                   num_copies=gcfg.num_generations, modes=modes)
+  if run.latest > S:
+    state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
+    run.writer.set_position(run.latest)
+  step = Step(steps.make_grpo_step(graphdef, state, tx, gcfg, reward_fn,
+                                   prepare=steps.prompt_and_frames(run.prompt_P)),
+              on_compile=lambda s: run.timer.add("grpo", s))
+  key_dev = _replicated(run.key, run.mesh)
+  eval_every = config.train.eval_every
+  with jax.set_mesh(run.mesh):
+    for s in range(max(run.latest, S) + 1, total + 1):
+      b = _device_batch(next(it), run.mesh, ("frames", "label", "perturb_idx", "blank"))
+      run.profiler.before(s)
+      t0 = time.perf_counter()
+      state, metrics = step(state, b, key_dev)
+      run.log(s, S, state, metrics, t0, "grpo")
+      run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "grpo"},
+                    force=s == total)
+      if eval_every and (s - S) % eval_every == 0 and s != total:
+        run.evaluate(graphdef, state, f"step_{s}")
+    run.evaluate(graphdef, state, "final")
+  return policy(graphdef, state)
 
-  def run_eval(m, tag):
-    with timer(f"eval/{tag}"):
-      res = evaluate.run(config, workdir, model=m, tokenizer=tokenizer, mesh=mesh, tag=tag)
-    evals[tag] = res
-    return res
 
-  try:
-    # ------------------------------------------------------------------ SFT ---
-    sft_tx = _sft_tx(config)
-    graphdef, state = _sft_state(model, sft_tx)
-    del model
-    if S and latest < S:
-      C = sft.target_length(tokenizer, config.sft.think)
-      it = iter(pipeline.dataset(source, batch_size=config.sft.batch_size // nproc,
-                                 seed=config.seed, num_copies=0, **data_kw))
-      if latest:
-        state, _, _ = ckpt.restore(latest, state, key, data_iterator=it)
-        writer.set_position(latest)
-      chunk = config.grpo.logprob_chunk
-
-      def sft_step(st, b):
-        B = b["frames"].shape[0]
-        ids = jnp.broadcast_to(jnp.asarray(prompt_P), (B, prompt_P.shape[0]))
-        full = dict(prompt_ids=ids, prompt_mask=jnp.ones_like(ids),
-                    pixel_values=normalize(b["frames"]), targets=b["targets"],
-                    target_mask=b["target_mask"])
-        return sft.step(graphdef, st, full, sft_tx, chunk)
-
-      step_fn = _Phase(grpo._jit_keeping_layout(sft_step, state), timer, "sft")
-      with jax.set_mesh(mesh):
-        for s in range(latest + 1, S + 1):
-          host = next(it)
-          host["targets"], host["target_mask"] = sft.targets(tokenizer, host["label"],
-                                                             config.sft.think, C)
-          b = _device_batch(host, mesh, ("frames", "targets", "target_mask"))
-          profiler.before(s)
-          t0 = time.perf_counter()
-          state, metrics = step_fn(state, b)
-          if s % config.train.log_every == 0 or s == S:
-            metrics = jax.device_get(metrics)
-            metrics["step_time_s"] = time.perf_counter() - t0
-            writer.write(s, metrics, "sft")
-          profiler.after(s, state.params)
-          ckpt.save(s, state, key, data_iterator=it, metadata={"phase": "sft"}, force=s == S)
-      latest = S
-    elif S:  # SFT already done: its final state is the GRPO starting point
-      if latest == S:
-        state, _, _ = ckpt.restore(S, state, key)
-    # ---------------------------------------------------------------- GRPO ---
-    gcfg = grpo_config(config, tokenizer.special.stop_ids)
-    table = rewards.byte_table(tokenizer)
-    reward_fn = grpo.vqathinker_rewards(table, reward_config(config))
-    tx = _grpo_tx(config, N)
-    sft_tag = "sft" if S else "init"
-    if latest <= S:
-      with jax.set_mesh(mesh):
-        run_eval(nnx.merge(graphdef, state.params, state.rest), sft_tag)
-    else:
-      evals[sft_tag] = _load_eval(workdir, sft_tag)
-    policy = nnx.merge(graphdef, state.params, state.rest)
-    graphdef, gstate = grpo.init_state(policy, tx, gcfg)
-    del state, policy
-    it = iter(pipeline.dataset(source, batch_size=config.train.batch_size // nproc,
-                               seed=config.seed + 1, num_copies=gcfg.num_generations, modes=modes,
-                               **data_kw))
-    if latest > S:
-      gstate, _, _ = ckpt.restore(latest, gstate, key, data_iterator=it)
-      writer.set_position(latest)
-    P = prompt_P.shape[0]
-    key_dev = _replicated(key, mesh)
-
-    def grpo_step(st, b, key):
-      B = b["frames"].shape[0]
-      rng = jax.random.fold_in(key, st.step)  # the state's own counter: resumes reproduce
-      ids = jnp.broadcast_to(jnp.asarray(prompt_P), (B, P))
-      full = dict(prompt_ids=ids, prompt_mask=jnp.ones_like(ids),
-                  pixel_values=normalize(b["frames"]), labels=b["label"],
-                  perturb_idx=b["perturb_idx"], blank=b["blank"])
-      return grpo.train_step(graphdef, st, full, rng, tx, gcfg, reward_fn)
-
-    step_fn = _Phase(grpo._jit_keeping_layout(grpo_step, gstate), timer, "grpo")
-    eval_every = config.train.eval_every
-    with jax.set_mesh(mesh):
-      for s in range(max(latest, S) + 1, total + 1):
-        b = _device_batch(next(it), mesh, ("frames", "label", "perturb_idx", "blank"))
-        profiler.before(s)
-        t0 = time.perf_counter()
-        gstate, metrics = step_fn(gstate, b, key_dev)
-        if (s - S) % config.train.log_every == 0 or s == total:
-          metrics = jax.device_get(metrics)
-          dt = time.perf_counter() - t0
-          metrics.update(step_time_s=dt, tokens_per_s=float(metrics["tokens"]) / dt)
-          writer.write(s, metrics, "grpo")
-        profiler.after(s, gstate.params)
-        ckpt.save(s, gstate, key, data_iterator=it, metadata={"phase": "grpo"}, force=s == total)
-        if eval_every and (s - S) % eval_every == 0 and s != total:
-          run_eval(nnx.merge(graphdef, gstate.params, gstate.rest), f"step_{s}")
-      final = nnx.merge(graphdef, gstate.params, gstate.rest)
-      run_eval(final, "final")
-    ckpt.wait()
-    export = workdir / "export"
-    if jax.process_index() == 0:
-      export_model(final, mcfg, tokenizer, config, workdir, export)
-  except KeyboardInterrupt:
-    logging.warning("interrupted: the last checkpoint in %s is kept", workdir / "checkpoints")
-    raise
-  finally:
-    profiler.close()
-    ckpt.close()
-    writer.close()
-
-  rows = [json.loads(l) for l in writer.path.read_text().splitlines()] if writer.path.exists() else []
+def _summarize(run: _Run) -> dict:
+  """summary.json: evaluation per tag, the reward curve and its quarters, timings, paths."""
+  path, wd = run.writer.path, run.workdir
+  rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
   curve = _mean_reward_curve(rows)
   k = max(1, len(curve) // 4)  # quarters: single batches' rewards are noisy
-  summary.update(
-      sft_steps=S, grpo_steps=N,
-      eval={tag: {name: {k: r["metrics"].get(k) for k in
-                         ("srcc", "plcc", "plcc_fitted", "krcc", "rmse_label", "parse_failure_rate")}
-                  for name, r in res.get("sets", {}).items()} for tag, res in evals.items()},
+  keys = ("srcc", "plcc", "plcc_fitted", "krcc", "rmse_label", "parse_failure_rate")
+  seconds = run.timer.seconds
+  summary = dict(
+      workdir=str(wd), sft_steps=run.sft_steps, grpo_steps=run.grpo_steps,
+      eval={tag: {name: {k: r["metrics"].get(k) for k in keys}
+                  for name, r in res.get("sets", {}).items()} for tag, res in run.evals.items()},
       reward_first=float(np.mean(curve[:k])) if curve else None,
       reward_last=float(np.mean(curve[-k:])) if curve else None,
       reward_curve=[round(x, 3) for x in curve],
-      timing=writer.timing_report({p: timer.seconds.get(p, float("nan")) for p in ("sft", "grpo")}),
-      eval_seconds={t: round(v, 1) for t, v in timer.seconds.items() if t.startswith("eval/")},
-      checkpoints=str(workdir / "checkpoints"), tensorboard=str(workdir / "tb"),
-      metrics=str(writer.path), export=str(workdir / "export"),
-      reports={tag: str(workdir / "eval" / tag) for tag in evals})
+      timing=run.writer.timing_report({p: seconds.get(p, float("nan")) for p in ("sft", "grpo")}),
+      eval_seconds={t: round(v, 1) for t, v in seconds.items() if t.startswith("eval/")},
+      checkpoints=str(wd / "checkpoints"), tensorboard=str(wd / "tb"), metrics=str(path),
+      export=str(wd / "export"), reports={tag: str(wd / "eval" / tag) for tag in run.evals})
   if jax.process_index() == 0:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (wd / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary
+
+
+def run(config, workdir: pathlib.Path) -> dict:
+  """set-up -> SFT warm-start -> GRPO -> export and summary (see the module docstring)."""
+  run_, model = _setup(config, pathlib.Path(workdir))
+  try:
+    graphdef, state = init_state(model, _sft_tx(config), reference=False)
+    del model  # the state holds its arrays
+    state = _run_sft(run_, graphdef, state)
+    final = _run_grpo(run_, graphdef, state)
+    run_.ckpt.wait()
+    if jax.process_index() == 0:
+      export_model(final, run_.model_cfg, run_.tokenizer, config, run_.workdir,
+                   run_.workdir / "export")
+  except KeyboardInterrupt:
+    logging.warning("interrupted: the last checkpoint in %s is kept", run_.workdir / "checkpoints")
+    raise
+  finally:
+    run_.profiler.close()
+    run_.ckpt.close()
+    run_.writer.close()
+  return _summarize(run_)
 
 
 def export_model(m, mcfg, tokenizer, config, workdir, out):

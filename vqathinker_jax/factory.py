@@ -1,0 +1,157 @@
+"""Config -> objects: the one place where a run config becomes its mesh, model
+architecture, model, tokenizer, data directory and frame normalisation. Every mode
+(train, eval, predict, smoke) and `tools/plan` build through it.
+
+    mesh = factory.make_mesh(config)
+    model, model_cfg = factory.build_model(config, mesh)   # outside `jax.set_mesh`
+    tok = factory.tokenizer(config, workdir)
+
+Legend: B videos, T frames, H/W pixels, C colour channels.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from data_pipelines import perturb
+from vqathinker_jax import model as model_lib
+from vqathinker_jax.model import sharding
+from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
+from vqathinker_jax.model.slowfast import SlowFastConfig
+from vqathinker_jax.text import demo_tokenizer, tokenizer as tok_lib
+
+SYNTHETIC = "synthetic"  # the data set name config.data.synthetic builds
+# ImageNet mean / std of uint8 RGB, as the ViT and SlowFast were trained with.
+IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
+IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize_frames(frames_BTHWC):
+  """uint8 RGB -> ImageNet-normalised float32; numpy stays on the host, a jax array on
+  device (the trainer normalises there: a quarter of the bytes to move)."""
+  return (frames_BTHWC.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh of `config.mesh`."""
+  return sharding.make_mesh(dict(config.mesh))
+
+
+def model_config(config) -> ModelConfig:
+  """The architecture of a run config: the checkpoint's config.json when the directory
+  exists, else `model.arch` (with the motion branch when `slowfast_weights` or
+  `arch.motion.enabled` says so)."""
+  m = config.model
+  motion = None
+  if m.arch.motion.enabled or m.slowfast_weights:
+    mo = m.arch.motion
+    motion = SlowFastConfig(width=mo.width, depth=mo.depth, pool_t_slow=mo.pool_t_slow,
+                            pool_t_fast=mo.pool_t_fast, pool_hw=mo.pool_hw)
+  path = pathlib.Path(m.checkpoint) if m.checkpoint else None
+  if path is not None and (path / "config.json").exists():
+    from vqathinker_jax.model import hf_checkpoint
+    hf = json.loads((path / "config.json").read_text())
+    text = hf.get("text_config") or hf.get("llm_config") or {}
+    # An untied LM head is what InternVL3 ships; the config's own flag is unreliable.
+    return hf_checkpoint.config_from_hf(hf, has_lm_head=not text.get("tie_word_embeddings", False),
+                                        motion=motion, path=path, dtype=m.dtype,
+                                        param_dtype=m.param_dtype)
+  a = m.arch
+  return ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()),
+                     image_token_id=a.image_token_id, vision_feature_layer=a.vision_feature_layer,
+                     motion=motion, dtype=m.dtype, param_dtype=m.param_dtype)
+
+
+def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
+  """(model, its ModelConfig) on ``mesh``: `config.model.checkpoint` loaded (with
+  `slowfast_weights` when set), else a random init of `config.model.arch` from
+  `config.seed`. Call it outside `jax.set_mesh`: parameters are placed by their logical
+  axis names."""
+  m = config.model
+  if m.checkpoint:
+    return model_lib.from_pretrained(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
+                                     mesh=mesh, slowfast_weights=m.slowfast_weights or None,
+                                     seed=config.seed)
+  if m.slowfast_weights:
+    raise ValueError(f"config.model.slowfast_weights={m.slowfast_weights!r} needs "
+                     "config.model.checkpoint: SlowFast weights are added to a loaded model")
+  cfg = model_config(config)
+  return model_lib.init(cfg, seed=config.seed, mesh=mesh), cfg
+
+
+def tokenizer(config, workdir) -> tok_lib.Tokenizer:
+  """The run's tokenizer: `config.model.tokenizer` 'demo' builds (once) and saves the demo
+  tokenizer under workdir/tokenizer; else that path, or the checkpoint's own files."""
+  m = config.model
+  if m.tokenizer == "demo":
+    path = pathlib.Path(workdir) / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+      demo_tokenizer.save(demo_tokenizer.build(), path)
+    return tok_lib.load_tokenizer(path)
+  return tok_lib.load_tokenizer(m.tokenizer or m.checkpoint)
+
+
+def data_dir(config, workdir) -> pathlib.Path:
+  """The TFDS data_dir the run reads: `config.data.data_dir`, or for the synthetic set
+  `<config.data.data_dir or workdir/data>/tfds` (its rendered clips go beside, in
+  `synthetic_videos`)."""
+  if config.data.synthetic.enabled:
+    return pathlib.Path(config.data.data_dir or pathlib.Path(workdir) / "data") / "tfds"
+  if not config.data.data_dir:
+    raise ValueError("config.data.data_dir is empty: point it at the TFDS data_dir the data "
+                     "sets were built into (python -m data_pipelines.prepare --data_dir ...), "
+                     "or enable config.data.synthetic")
+  return pathlib.Path(config.data.data_dir)
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 0) -> pathlib.Path:
+  """Renders (`synthetic.generate` with the `config.data.synthetic` fields) and builds the
+  synthetic set at ``frames`` x ``size`` unless already there; returns the TFDS data_dir.
+
+  Rendering is skipped when `synthetic_videos/render.json` records the same settings; the
+  build is skipped by the builder's own fingerprint. With several processes, process 0
+  goes first; the others then find everything done on a shared file system (or make
+  their own copy on a local one).
+  """
+  from data_pipelines import builder, synthetic
+
+  s = config.data.synthetic
+  out = data_dir(config, workdir)
+  root = out.parent / "synthetic_videos"
+  settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
+                  height=s.height, width=s.width, scenes=s.scenes,
+                  distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
+
+  def make():
+    marker = root / "render.json"
+    if not (marker.exists() and json.loads(marker.read_text()) == settings):
+      synthetic.generate(str(root), workers=workers, **settings)
+      marker.write_text(json.dumps(settings))  # last: an interrupted render is redone
+    builder.build(SYNTHETIC, str(root / "labels.json"), str(root / "videos"), str(out),
+                  frames, size, split=f"hash:{s.test_fraction}", workers=workers,
+                  progress=False)
+
+  if jax.process_index() == 0:
+    make()
+  _barrier("factory.ensure_synthetic")
+  if jax.process_index() != 0:
+    make()
+  return out
+
+
+def train_data_dir(config, workdir, *, workers: int = 0) -> pathlib.Path:
+  """The TFDS data_dir of the training set, the synthetic one built first if enabled."""
+  if config.data.synthetic.enabled:
+    return ensure_synthetic(config, workdir, config.data.frames, config.data.size,
+                            workers=workers)
+  return pathlib.Path(config.data.data_dir)
