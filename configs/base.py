@@ -11,6 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "train"  # what main runs: 'train' (SFT warm-start, then GRPO) | 'eval' | 'predict' | 'smoke'
   c.seed = 42  # PRNG seed for initialisation and synthetic inputs
+  # XLA's persistent compilation cache: a rerun (a resume, an eval) skips the compiles.
+  # 'auto' = <workdir>/xla_cache unless JAX_COMPILATION_CACHE_DIR is set; '' = off; or a path.
+  c.compile_cache_dir = "auto"
 
   c.model = m = ml_collections.ConfigDict()
   m.checkpoint = ""  # local Hugging Face InternVL directory (either layout); "" = random init from `arch`
@@ -94,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   g.top_k = 50  # keep the k likeliest tokens (0: all)
   g.top_p = 1.0  # nucleus mass (1: all)
   g.temporal = True  # temporal-consistency reward from perturbed rollouts (docs/method.md §3)
+  g.remat = "off"  # decoder layers in the update's backward pass: off | full (recompute) | save_dots
   g.logprob_chunk = 256  # completion tokens per LM-head chunk
   g.micro_batch_size = 0  # videos per gradient micro-batch (0: the whole batch)
   g.logprob_micro_batch_size = 0  # videos per no-grad log-prob micro-batch (0: the whole batch)

@@ -28,6 +28,7 @@ def get_config():
   # per chip of 95 GB (67 GiB of it the update's saved activations: the packed ~9.9k-token
   # sequence through 24 layers, 7 heads a chip).
   c.grpo.micro_batch_size = 4  # videos per gradient micro-batch (one per batch shard)
+  c.grpo.remat = "full"  # recompute each decoder layer in the update's backward pass
   c.grpo.logprob_micro_batch_size = 8  # videos per no-grad log-prob micro-batch (two per shard)
   c.eval.batch_size = 8  # two videos per batch shard (no backward pass)
   c.predict.batch_size = 8  # two videos per batch shard

@@ -245,10 +245,22 @@ def test_paths_are_skipped_on_request(tmp_path):
   config_check.validate(c, check_paths=False)
 
 
-def test_workdir_must_not_be_a_file(tmp_path):
+def test_workdir_must_be_a_directory_path(tmp_path):
   config_check.validate(_config(), workdir=tmp_path / "new")
   (tmp_path / "f").write_text("")
   assert "--workdir=" in _problems(_config(), workdir=tmp_path / "f")
+  # pathlib would turn gs://b/run into a local folder gs:/b/run: refused, not lost.
+  assert "--workdir='gs://b/run': URL workdirs are not supported" in _problems(
+      _config(), workdir="gs://b/run")
+
+
+def test_slowfast_weights_need_a_checkpoint(tmp_path):
+  weights = tmp_path / "sf.safetensors"
+  weights.write_bytes(b"")
+  c = _config()
+  c.model.slowfast_weights = str(weights)
+  assert "config.model.slowfast_weights=" in _problems(c)
+  assert "needs config.model.checkpoint" in _problems(c)
 
 
 def test_motion_branch_of_a_checkpoint_is_found(tmp_path):

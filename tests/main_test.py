@@ -27,6 +27,14 @@ def test_demo_smoke_runs_from_any_directory(tmp_path):
   assert report["logits"] == [2, 16 + 3 * 4, 512]
 
 
+def test_compile_cache_goes_where_the_config_says(tmp_path):
+  cache = tmp_path / "xla"
+  out = _main("--config", str(ROOT / "configs/demo.py"), "--workdir", str(tmp_path / "wd"),
+              "--config.mode=smoke", f"--config.compile_cache_dir={cache}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert any(cache.iterdir()), "no compiled program cached"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.model.no_such_field=1"], "no_such_field"),
     (["--config.mode=dance"], "config.mode='dance'"),

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipelines import builder
-from vqathinker_jax.model import config as model_config, layers, sharding, slowfast
+from vqathinker_jax.model import config as model_config, layers, llm, sharding, slowfast
 from vqathinker_jax.rl import grpo, rewards
 from vqathinker_jax.text import tokenizer as tok_lib
 from vqathinker_jax.train import state as train_state
@@ -36,6 +36,7 @@ CHOICES = {
     "model.arch.motion.depth": tuple(slowfast.STAGE_DEPTHS),
     "grpo.loss_type": grpo.LOSS_TYPES,
     "grpo.kl_estimator": grpo.KL_ESTIMATORS,
+    "grpo.remat": tuple(llm.REMAT_POLICIES),
     "rewards.pairing": rewards.PAIRINGS,
     "rewards.temporal_scope": rewards.TEMPORAL_SCOPES,
     "train.optimizer.schedule": train_state.SCHEDULES,
@@ -89,7 +90,11 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   _check_motion(c, check_paths)
   if check_paths:
     _check_paths(c)
-    if workdir is not None and pathlib.Path(workdir).expanduser().is_file():
+    if workdir is not None and "://" in str(workdir):
+      c.problems.append(f"--workdir={str(workdir)!r}: URL workdirs are not supported yet (the "
+                        "outputs would go to a local folder named after the scheme); give a "
+                        "local or mounted path, e.g. a gcsfuse mount of the bucket")
+    elif workdir is not None and pathlib.Path(workdir).expanduser().is_file():
       c.problems.append(f"--workdir={str(workdir)!r}: is a file; give a directory for the "
                         "run's outputs (it is created if missing)")
   if c.problems:

@@ -25,20 +25,31 @@ def _multi_process() -> bool:
           or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
 
 
+def _compile_cache(jax, setting: str, workdir: pathlib.Path) -> None:
+  """`config.compile_cache_dir`: XLA's persistent compilation cache for this run."""
+  if setting == "":
+    jax.config.update("jax_enable_compilation_cache", False)
+  elif setting != "auto":
+    jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(setting).expanduser()))
+  elif not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's own setting wins
+    jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
   # Imported after flag parsing: jax starts only for real runs.
   import jax
   if _multi_process():
     jax.distributed.initialize()
   from vqathinker_jax import config_check
   try:  # before anything loads or compiles
-    config_check.validate(config, num_devices=jax.device_count())
+    config_check.validate(config, num_devices=jax.device_count(), workdir=_WORKDIR.value)
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
+  workdir = pathlib.Path(_WORKDIR.value).expanduser()
+  _compile_cache(jax, config.compile_cache_dir, workdir)
   if jax.process_index() != 0 or not flags.FLAGS["verbosity"].present:
     # Orbax and Grain log every save and read at INFO; `-v 0` brings them back.
     logging.set_verbosity(logging.WARNING)

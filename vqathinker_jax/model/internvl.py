@@ -130,12 +130,12 @@ class InternVL(nnx.Module):
     return merge_visual(x_BTD, is_visual_BT, self.visual_tokens(pixel_values, train))
 
   def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
-                    train: bool = False, slots_BT=None) -> jax.Array:
+                    train: bool = False, slots_BT=None, remat: str = "off") -> jax.Array:
     """Final-normed decoder states [B, T, D] for explicit positions and an attention
     mask, [B, T, T] or a `layers.PrefixGroupMask` (packed GRPO rows); the LM head is left
-    to the caller."""
+    to the caller. ``remat``: `llm.REMAT_POLICIES`, for the decoder layers."""
     x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT)
-    h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS)
+    h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS, remat=remat)
     return sharding.constrain_batch(h_BTD)
 
   def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):

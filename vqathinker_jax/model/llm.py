@@ -17,6 +17,11 @@ from vqathinker_jax.model import layers
 from vqathinker_jax.model.config import DTYPES, TextConfig
 
 Cache = list  # per layer {"k": [B, S, K, E], "v": [B, S, K, E]}
+# Rematerialisation of each decoder layer in the backward pass (`Qwen2.__call__`'s remat):
+# what its forward saves for the gradient. off: everything; full: only the layer's input
+# (the whole layer is recomputed); save_dots: the matmul outputs (the rest is recomputed).
+REMAT_POLICIES = {"off": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "save_dots": jax.checkpoint_policies.checkpoint_dots}
 
 
 def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
@@ -156,14 +161,22 @@ class Qwen2(nnx.Module):
     return jnp.take(self.embed[...], ids_BT, axis=0).astype(self.dtype)
 
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache: Cache | None = None,
-               cache_index=None):
-    """Final-normed hidden states [B, T, D] and the updated cache (or None)."""
-    new_cache = [] if cache is not None else None
+               cache_index=None, *, remat: str = "off"):
+    """Final-normed hidden states [B, T, D] and the updated cache (or None). ``remat``
+    (`REMAT_POLICIES`, cache-less passes): what each layer keeps for the gradient."""
+    if cache is None:
+      if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r} not in {tuple(REMAT_POLICIES)}")
+      call = lambda layer, x: layer(x, positions_BT, mask_BTS)[0]
+      if remat != "off":
+        call = nnx.remat(call, policy=REMAT_POLICIES[remat])
+      for layer in self.layers:
+        x_BTD = call(layer, x_BTD)
+      return self.norm(x_BTD), None
+    new_cache = []
     for i, layer in enumerate(self.layers):
-      x_BTD, c = layer(x_BTD, positions_BT, mask_BTS,
-                       None if cache is None else cache[i], cache_index)
-      if cache is not None:
-        new_cache.append(c)
+      x_BTD, c = layer(x_BTD, positions_BT, mask_BTS, cache[i], cache_index)
+      new_cache.append(c)
     return self.norm(x_BTD), new_cache
 
   def decode(self, token_N, position_N, prompt_cache, prompt_valid_BP, cache, slot,

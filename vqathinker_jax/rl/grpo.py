@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from data_pipelines import perturb
-from vqathinker_jax.model import layers
+from vqathinker_jax.model import layers, llm
 from vqathinker_jax.rl import rewards as rewards_lib, rollout
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -44,6 +44,7 @@ class GRPOConfig:
   stop_ids: tuple = (151645, 151643)  # <|im_end|>, <|endoftext|>
   temporal: bool = True             # also roll out G perturbed copies per video (docs/method.md §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
+  remat: str = "off"                # decoder layers in the backward pass: off | full | save_dots
   micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
   logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
 
@@ -52,6 +53,7 @@ class GRPOConfig:
     checks = [
         ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {LOSS_TYPES}"),
         ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, f"must be one of {KL_ESTIMATORS}"),
+        ("remat", self.remat in llm.REMAT_POLICIES, f"must be one of {tuple(llm.REMAT_POLICIES)}"),
         ("num_generations", self.num_generations >= 2,
          "must be >= 2 (group advantages compare at least two completions per video)"),
         ("num_iterations", self.num_iterations >= 1,
@@ -103,14 +105,15 @@ def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC):
 
 
 def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completions_BGC, *,
-                   temperature: float = 1.0, chunk: int = 256, train: bool = True):
+                   temperature: float = 1.0, chunk: int = 256, train: bool = True,
+                   remat: str = "off"):
   """Log-probs [B, G, C] of the completion tokens and the entropies of their predictive
   distributions, from one packed pass; the LM head runs K tokens at a time (rematerialised
   in the backward pass) so [B, G·C, V] logits never exist at once."""
   B, G, C = completions_BGC.shape
   packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC)
   h_BLD = model.hidden_states(packed["ids"], pixel_values, packed["positions"], packed["mask"],
-                              train=train, slots_BT=packed["slots"])
+                              train=train, slots_BT=packed["slots"], remat=remat)
   h_BMD = jnp.take_along_axis(h_BLD, packed["src"].reshape(B, G * C, 1), axis=1)
   tgt_BM = completions_BGC.reshape(B, G * C)
   M = G * C
@@ -202,7 +205,8 @@ def _micro_loss(graphdef, rest, cfg: GRPOConfig, num_items, n_micro: int, ratio_
     m = nnx.merge(graphdef, params, rest)
     logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
                                mbatch["pixel_values"], mbatch["completions"],
-                               temperature=cfg.temperature, chunk=cfg.logprob_chunk)
+                               temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                               remat=cfg.remat)
     old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
     tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
     cm = mbatch["completion_mask"].astype(jnp.float32)

@@ -40,22 +40,23 @@ def targets(tokenizer: tok_lib.Tokenizer, labels_B, think: str, length: int):
   return tok_lib.pad_batch(seqs, tokenizer.special.pad, length)
 
 
-def loss_fn(model, prompt_ids_BP, prompt_mask_BP, pixel_values, target_BC, mask_BC, chunk=256):
+def loss_fn(model, prompt_ids_BP, prompt_mask_BP, pixel_values, target_BC, mask_BC, chunk=256,
+            remat="off"):
   """Mean token cross-entropy of the targets (through `<|im_end|>`)."""
   logp_B1C, _ = grpo.token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values,
-                                    target_BC[:, None], chunk=chunk)
+                                    target_BC[:, None], chunk=chunk, remat=remat)
   m = mask_BC.astype(jnp.float32)
   return -(logp_B1C[:, 0] * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
 def step(graphdef, state: TrainState, batch: dict, tx: optax.GradientTransformation,
-         chunk: int = 256):
+         chunk: int = 256, remat: str = "off"):
   """One SFT update -> (state, metrics). batch: prompt_ids/prompt_mask [B, P], pixel_values,
   targets/target_mask [B, C]. Non-finite gradients leave the state unchanged (counted)."""
   def f(params):
     m = nnx.merge(graphdef, params, state.rest)
     return loss_fn(m, batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
-                   batch["targets"], batch["target_mask"], chunk)
+                   batch["targets"], batch["target_mask"], chunk, remat)
 
   loss, grads = jax.value_and_grad(f)(state.params)
   new, grad_norm, finite = state.apply_gradients(tx, loss, grads)

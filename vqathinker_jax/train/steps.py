@@ -48,12 +48,12 @@ def make_update_step(graphdef, state: TrainState, tx, cfg: grpo.GRPOConfig):
 
 
 def make_sft_step(graphdef, state: TrainState, tx, chunk: int = 256,
-                  prepare: Prepare = _as_is):
+                  prepare: Prepare = _as_is, remat: str = "off"):
   """The jitted `step(state, batch) -> (state, metrics)` of the SFT warm-start
   (`sft.step`); ``prepare``'s key is unused."""
   def step(st, batch):
     batch, _ = prepare(st, batch, None)
-    return sft.step(graphdef, st, batch, tx, chunk)
+    return sft.step(graphdef, st, batch, tx, chunk, remat)
   return jit_step(step, state)
 
 

@@ -196,7 +196,8 @@ def _run_sft(run: _Run, graphdef, state):
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
     run.writer.set_position(run.latest)
   step = Step(steps.make_sft_step(graphdef, state, _sft_tx(config), config.grpo.logprob_chunk,
-                                  prepare=steps.prompt_and_frames(run.prompt_P)),
+                                  prepare=steps.prompt_and_frames(run.prompt_P),
+                                  remat=config.grpo.remat),
               on_compile=lambda s: run.timer.add("sft", s))
   with jax.set_mesh(run.mesh):
     for s in range(run.latest + 1, S + 1):
