@@ -52,11 +52,11 @@ def get_config():
            top_k=50, top_p=1.0, temporal=True)  # docs/method.md §4 (temporal: the paper's full method)
   # Memory per chip: one video per batch shard per gradient micro-batch (8 videos, 4
   # micro-batches per step); the no-grad log-prob passes keep nothing across layers and take
-  # two videos per shard. An ahead-of-time XLA:TPU compile of this step for v5p-64 (fsdp 8 x
-  # tensor 4; the 2026-12-05 audit) peaked at 69.2 GiB per chip without remat, where
-  # `python -m vqathinker_jax.tools.plan` says ~105 GiB (its activation terms run ~50 % high).
-  # Per-layer remat cut a decoder layer's saved activations from 1.91 to 0.57 GiB per chip
-  # in that compile: on by default.
+  # two videos per shard. `python -m vqathinker_jax.tools.aot --config` this file
+  # `--topology v5p-64` (XLA:TPU on a CPU, libtpu 0.0.52, 2026-12-06, commit 59bcbbc):
+  # the whole step peaks at 39.5 GiB per chip with per-layer remat (59 % of a v5p chip's
+  # 95.7 GiB free; 884 s to compile); without remat the 2026-12-05 audit's compile peaked at
+  # 69.2 GiB. `tools/plan`'s formulas run ~50 % high at this width.
   g.remat = "full"  # recompute each decoder layer in the update's backward pass
   g.micro_batch_size = 8  # videos per gradient micro-batch (one per batch shard)
   g.logprob_micro_batch_size = 16  # videos per no-grad log-prob micro-batch (two per shard)
