@@ -172,12 +172,18 @@ def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
   return nnx.merge(graphdef, create(np.int64(seed)))  # the key jax.random.key(seed) gives
 
 
+def abstract_state(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
+  """(graphdef, the state's shapes, their shardings on ``mesh``): the model as `init`
+  creates it, without creating anything (`tools/aot` compiles from it)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
+  return graphdef, abstract, sharding.param_shardings(abstract, mesh, dict(rules))
+
+
 @functools.lru_cache(maxsize=16)
 def _init_program(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple):
   """(graphdef, jitted seed -> state), compiled once per model, mesh and rules: the seed
   is an argument, so other seeds (and other callers) reuse the program."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
-  shardings = sharding.param_shardings(abstract, mesh, dict(rules))
+  graphdef, _, shardings = abstract_state(cfg, mesh, rules)
   # Under jit with out_shardings, each device materialises only its own shard.
   create = jax.jit(lambda seed: nnx.state(InternVL(cfg, nnx.Rngs(jax.random.key(seed)))),
                    out_shardings=shardings)

@@ -41,7 +41,7 @@ class GRPOConfig:
   temperature: float = 1.0          # sampling temperature; log-probs are of this distribution
   top_k: int = 50                   # sampling: keep the k likeliest tokens (0: all)
   top_p: float = 1.0                # sampling: nucleus mass (1: all)
-  stop_ids: tuple = (151645, 151643)  # <|im_end|>, <|endoftext|>
+  stop_ids: tuple = rollout.DEFAULT_STOP_IDS  # <|im_end|>, <|endoftext|>
   temporal: bool = True             # also roll out G perturbed copies per video (docs/method.md §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
   remat: str = "off"                # decoder layers in the backward pass: off | full | save_dots

@@ -47,18 +47,18 @@ def _sds(x, sharding):
 
 def abstract_state(config, mesh, tx, reference: bool):
   """(graphdef, TrainState of ShapeDtypeStructs) as `train.state.init_state` would build
-  it on ``mesh``: parameters placed by their logical axes, the optimiser state as XLA
-  places `tx.init` of them, counters replicated."""
+  it on ``mesh``: parameters placed by their logical axes, Adam moments as their
+  parameters, counters replicated."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from vqathinker_jax import factory
-  from vqathinker_jax.model import internvl, sharding
+  from vqathinker_jax.model import internvl
   from vqathinker_jax.train.state import TrainState
 
   cfg = factory.model_config(config)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: internvl.InternVL(cfg, nnx.Rngs(0))))
-  placed = jax.tree.map(_sds, abstract, sharding.param_shardings(abstract, mesh))
+  graphdef, abstract, shardings = internvl.abstract_state(cfg, mesh)
+  placed = jax.tree.map(_sds, abstract, shardings)
   graphdef, params, rest = nnx.split(nnx.merge(graphdef, placed), nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -110,24 +110,26 @@ def lower(config, mesh, program: str):
   from vqathinker_jax.rl import grpo, rollout
   from vqathinker_jax.train import state as train_state, steps, trainer
 
+  if program not in PROGRAMS:
+    raise ValueError(f"unknown program {program!r}; expected one of {PROGRAMS}")
   B, T, S = config.train.batch_size, config.data.frames, config.data.size
-  gcfg = trainer.grpo_config(config, (151645, 151643))
+  gcfg = trainer.grpo_config(config, rollout.DEFAULT_STOP_IDS)
   G, C = gcfg.num_generations, gcfg.max_completion_length
-  tx = trainer._grpo_tx(config, 1000)  # pylint: disable=protected-access  # the trainer's own
+  tx = trainer.grpo_optimizer(config, 1000)  # the trainer's own (the schedule's length is immaterial)
   graphdef, state, cfg = abstract_state(config, mesh, tx, reference=bool(gcfg.beta))
   split = lambda *shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(
       mesh, PartitionSpec(sharding.BATCH_AXES, *([None] * (len(shape) - 1)))))
   prompt_P = synthetic_prompt(cfg, T, S)
   P = prompt_P.shape[0]
-  # Host constants: made before the mesh context (whose devices may be abstract).
-  reward_fn = grpo.vqathinker_rewards(reward_table(cfg.text.vocab_size),
-                                      trainer.reward_config(config))
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
+                             sharding=NamedSharding(mesh, PartitionSpec()))
+  if program == "step":  # a host constant: made before the mesh context (abstract devices)
+    reward_fn = grpo.vqathinker_rewards(reward_table(cfg.text.vocab_size),
+                                        trainer.reward_config(config))
   with jax.set_mesh(mesh):
     if program == "step":
       fn = steps.make_grpo_step(graphdef, state, tx, gcfg, reward_fn,
                                 prepare=steps.prompt_and_frames(prompt_P))
-      key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
-                                 sharding=NamedSharding(mesh, PartitionSpec()))
       args = (state, dict(frames=split(B, T, S, S, 3, dtype=jnp.uint8),
                           label=split(B, dtype=jnp.float32),
                           perturb_idx=split(B, G, T, dtype=jnp.int32),
@@ -148,12 +150,8 @@ def lower(config, mesh, program: str):
                                 top_k=gcfg.top_k, top_p=gcfg.top_p,
                                 stop_ids=tuple(gcfg.stop_ids), train=True)
       fn = jax.jit(fn)
-      key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
-                                 sharding=NamedSharding(mesh, PartitionSpec()))
       args = (state, split(B, P, dtype=jnp.int32), split(B, P, dtype=jnp.int32),
               split(B, T, S, S, 3, dtype=jnp.float32), key)
-    else:
-      raise ValueError(f"unknown program {program!r}; expected one of {PROGRAMS}")
     return fn.lower(*args)
 
 

@@ -112,6 +112,15 @@ def jit_step(step_fn: Callable, state: TrainState):
   return jax.jit(step_fn, out_shardings=(layout, None), donate_argnums=0)
 
 
+def with_timing(metrics: dict, seconds: float) -> dict:
+  """Fetched ``metrics`` plus the step's wall time and, when they count ``tokens``,
+  generated tokens per second."""
+  metrics["step_time_s"] = seconds
+  if "tokens" in metrics:
+    metrics["tokens_per_s"] = float(metrics["tokens"]) / seconds
+  return metrics
+
+
 class Step:
   """A jitted step, compiled ahead of time on its first call: the compile time is
   reported to ``on_compile(seconds)``, and a batch of another shape fails loudly instead
@@ -134,10 +143,6 @@ class Step:
   def timed(self, *args):
     t0 = time.perf_counter()
     state, metrics = self(*args)
-    metrics = jax.device_get(metrics)
-    dt = time.perf_counter() - t0
-    metrics["step_time_s"] = dt
-    if "tokens" in metrics:
-      metrics["tokens_per_s"] = float(metrics["tokens"]) / dt
+    metrics = with_timing(jax.device_get(metrics), time.perf_counter() - t0)
     metrics["compilations"] = self.compilations
     return state, metrics

@@ -31,7 +31,8 @@ from vqathinker_jax.model import sharding
 from vqathinker_jax.rl import grpo, rewards
 from vqathinker_jax.text import tokenizer as tok_lib
 from vqathinker_jax.train import checkpointing, sft, steps, log as train_log
-from vqathinker_jax.train.state import Step, init_state, make_optimizer, policy, schedule
+from vqathinker_jax.train.state import (Step, init_state, make_optimizer, policy, schedule,
+                                        with_timing)
 
 
 # ------------------------------------------------------------ config -> objects ---
@@ -50,13 +51,13 @@ def grpo_steps(config, train_size: int) -> int:
   return t.num_steps or math.ceil(t.num_epochs * train_size / t.batch_size)
 
 
-def _sft_tx(config):
+def sft_optimizer(config):
   # Cosine decay to 0: the warm-start ends settled instead of at a noisy constant-lr point.
   lr = optax.cosine_decay_schedule(config.sft.lr, max(config.sft.steps, 1))
   return make_optimizer(lr, max_grad_norm=config.train.optimizer.max_grad_norm)
 
 
-def _grpo_tx(config, num_steps: int):
+def grpo_optimizer(config, num_steps: int):
   o = config.train.optimizer
   return make_optimizer(schedule(o, num_steps), max_grad_norm=o.max_grad_norm, b1=o.b1,
                         b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
@@ -75,9 +76,9 @@ def trained_model(config, workdir):
       return None
     model, _ = factory.build_model(config, factory.make_mesh(config))
     if step <= config.sft.steps:
-      graphdef, state = init_state(model, _sft_tx(config), reference=False)
+      graphdef, state = init_state(model, sft_optimizer(config), reference=False)
     else:  # the optimiser state's structure does not depend on the step count
-      graphdef, state = init_state(model, _grpo_tx(config, 1),
+      graphdef, state = init_state(model, grpo_optimizer(config, 1),
                                    reference=bool(config.grpo.beta))
     state, _, _ = ckpt.restore(step, state)
     logging.info("evaluating the policy of %s", ckdir / str(step))
@@ -143,15 +144,12 @@ class _Run:
       self.evals[tag] = evaluate.run(self.config, self.workdir, model=policy(graphdef, state),
                                      tokenizer=self.tokenizer, mesh=self.mesh, tag=tag)
 
-  def log(self, s: int, first: int, state, metrics, t0: float, phase: str) -> None:
+  def log(self, s: int, state, metrics, t0: float, phase: str) -> None:
     """Writes step s's metrics every `log_every` steps of the phase and at its last."""
-    last = self.sft_steps if phase == "sft" else self.sft_steps + self.grpo_steps
+    first, last = ((0, self.sft_steps) if phase == "sft" else
+                   (self.sft_steps, self.sft_steps + self.grpo_steps))
     if (s - first) % self.config.train.log_every == 0 or s == last:
-      metrics = jax.device_get(metrics)
-      dt = time.perf_counter() - t0
-      metrics["step_time_s"] = dt
-      if "tokens" in metrics:
-        metrics["tokens_per_s"] = float(metrics["tokens"]) / dt
+      metrics = with_timing(jax.device_get(metrics), time.perf_counter() - t0)
       self.writer.write(s, metrics, phase)
     self.profiler.after(s, state.params)
 
@@ -195,7 +193,7 @@ def _run_sft(run: _Run, graphdef, state):
   if run.latest:
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
     run.writer.set_position(run.latest)
-  step = Step(steps.make_sft_step(graphdef, state, _sft_tx(config), config.grpo.logprob_chunk,
+  step = Step(steps.make_sft_step(graphdef, state, sft_optimizer(config), config.grpo.logprob_chunk,
                                   prepare=steps.prompt_and_frames(run.prompt_P),
                                   remat=config.grpo.remat),
               on_compile=lambda s: run.timer.add("sft", s))
@@ -208,7 +206,7 @@ def _run_sft(run: _Run, graphdef, state):
       run.profiler.before(s)
       t0 = time.perf_counter()
       state, metrics = step(state, b)
-      run.log(s, 0, state, metrics, t0, "sft")
+      run.log(s, state, metrics, t0, "sft")
       run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "sft"},
                     force=s == S)
   run.latest = S
@@ -222,7 +220,7 @@ def _run_grpo(run: _Run, graphdef, sft_state):
   total = S + N
   gcfg = grpo_config(config, run.tokenizer.special.stop_ids)
   reward_fn = grpo.vqathinker_rewards(rewards.byte_table(run.tokenizer), reward_config(config))
-  tx = _grpo_tx(config, N)
+  tx = grpo_optimizer(config, N)
   start_tag = "sft" if S else "init"
   if run.latest <= S:
     with jax.set_mesh(run.mesh):
@@ -248,7 +246,7 @@ def _run_grpo(run: _Run, graphdef, sft_state):
       run.profiler.before(s)
       t0 = time.perf_counter()
       state, metrics = step(state, b, key_dev)
-      run.log(s, S, state, metrics, t0, "grpo")
+      run.log(s, state, metrics, t0, "grpo")
       run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "grpo"},
                     force=s == total)
       if eval_every and (s - S) % eval_every == 0 and s != total:
@@ -285,7 +283,7 @@ def run(config, workdir: pathlib.Path) -> dict:
   """set-up -> SFT warm-start -> GRPO -> export and summary (see the module docstring)."""
   run_, model = _setup(config, pathlib.Path(workdir))
   try:
-    graphdef, state = init_state(model, _sft_tx(config), reference=False)
+    graphdef, state = init_state(model, sft_optimizer(config), reference=False)
     del model  # the state holds its arrays
     state = _run_sft(run_, graphdef, state)
     final = _run_grpo(run_, graphdef, state)
