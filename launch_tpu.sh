@@ -9,15 +9,16 @@ Usage: launch_tpu.sh [OPTIONS] COMMAND [-- --config.a.b=value ...]
 
 Create (or reuse) a Cloud TPU VM slice, copy this project to every worker, install it
 and run `python -m vqathinker_jax.main --config ... --workdir ...` on all workers at once
-(multi-host: main calls jax.distributed.initialize(), which finds its peers on TPU VMs by
-itself; nothing else is needed).
+(multi-host: main sees from the TPU VM's metadata that it is one of several processes and
+calls jax.distributed.initialize(), which finds its peers; nothing else is needed). The
+workdir may be a gs:// URL: every output is written there through etils.epath.
 
 Commands:
   create   create the TPU VM (or, with --queued, a queued resource and wait until it is
            ACTIVE); an existing one of that name is reused
   setup    copy the project to every worker (a tarball of the committed git tree, HEAD;
            or, with --git URL, a clone) and install it: a Python venv (uv) with
-           `pip install -e .` plus `jax[tpu]`
+           `pip install -e '.[tpu]'` (jax[tpu], and gcsfs for gs:// workdirs)
   run      start the job on all workers in the background (nohup); each worker logs to
            LOG_DIR/run.log and keeps the job's pid in LOG_DIR/run.pid (on its own disk)
   status   the TPU's state, then per worker whether the job runs and its last log lines
@@ -25,6 +26,11 @@ Commands:
   stop     kill the job on all workers
   delete   delete the TPU VM (with --queued: the queued resource and its node)
   up       create + setup + run
+
+Before `run` and `up`, a pre-flight compiles the config's GRPO step for the slice with
+XLA:TPU on this machine (`python -m vqathinker_jax.tools.aot`, the [tpu] extra installed
+here; minutes, no TPU used) and refuses a config whose step does not fit the chips'
+memory, before any TPU is created or started. v5p slices only; --no-preflight skips it.
 
 Options (flag, then its environment fallback):
   --name NAME                 TPU_NAME          TPU VM / queued resource name (required)
@@ -37,7 +43,8 @@ Options (flag, then its environment fallback):
   --bucket gs://BUCKET        BUCKET            run root: data at BUCKET/data (passed as
                                                 --config.data.data_dir), workdir BUCKET/runs/NAME
                                                 (required by run unless --workdir is given)
-  --workdir DIR               WORKDIR           job workdir (default BUCKET/runs/NAME)
+  --workdir DIR               WORKDIR           job workdir, a gs:// URL or a path on the
+                                                workers (default BUCKET/runs/NAME)
   --config PATH               CONFIG            config file, relative to the project root
                                                 (default configs/base.py)
   --queued                    QUEUED=1          use a queued resource instead of a direct create
@@ -53,6 +60,9 @@ Options (flag, then its environment fallback):
                                                 TPU images ship 3.10, the project needs >= 3.11)
   --worker N                                    worker whose log `logs` tails (default 0)
   --lines N                                     log lines `logs` shows (default 100)
+  --no-preflight              PREFLIGHT=0       skip the pre-flight compile
+  --local-python PATH         LOCAL_PYTHON      Python that runs the pre-flight here (default
+                                                python3; needs `pip install -e '.[tpu]'`)
   --dry-run                                     print every command, one per line, shell-quoted,
                                                 instead of running it
   -h, --help                                    this help
@@ -124,6 +134,8 @@ GIT_REF=${GIT_REF:-}
 REMOTE_DIR=${REMOTE_DIR:-vqathinker-jax}
 LOG_DIR=${LOG_DIR:-vqathinker-logs}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
+PREFLIGHT=${PREFLIGHT:-1}
+LOCAL_PYTHON=${LOCAL_PYTHON:-python3}
 WORKER=0
 LINES=100
 DRY_RUN=0
@@ -140,9 +152,10 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --spot) SPOT=1; shift ;;
+    --no-preflight) PREFLIGHT=0; shift ;;
     --name | --project | --zone | --accelerator-type | --runtime-version | --bucket | \
       --workdir | --config | --git | --ref | --remote-dir | --log-dir | --python | \
-      --worker | --lines)
+      --worker | --lines | --local-python)
       need_value "$@"
       case $1 in
         --name) NAME=$2 ;;
@@ -160,11 +173,12 @@ while [[ $# -gt 0 ]]; do
         --python) PYTHON_VERSION=$2 ;;
         --worker) WORKER=$2 ;;
         --lines) LINES=$2 ;;
+        --local-python) LOCAL_PYTHON=$2 ;;
       esac
       shift 2 ;;
     --name=* | --project=* | --zone=* | --accelerator-type=* | --runtime-version=* | \
       --bucket=* | --workdir=* | --config=* | --git=* | --ref=* | --remote-dir=* | \
-      --log-dir=* | --python=* | --worker=* | --lines=*)
+      --log-dir=* | --python=* | --worker=* | --lines=* | --local-python=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;  # split and handle as the two-word form
     --) shift; EXTRA=("$@"); break ;;
     -*) die "unknown option '$1'" ;;
@@ -285,7 +299,38 @@ do_setup() {
     fetch="rm -rf $(quote "$REMOTE_DIR") && mkdir -p $(quote "$REMOTE_DIR") && tar -xzf $(quote "$REMOTE_TARBALL") -C $(quote "$REMOTE_DIR")"
   fi
   # uv brings its own Python (the TPU images' is 3.10) and installs fast on every worker.
-  ssh_all "set -euo pipefail; $fetch && cd $(quote "$REMOTE_DIR") && python3 -m pip install --user --quiet uv && ~/.local/bin/uv venv --python $(quote "$PYTHON_VERSION") .venv && ~/.local/bin/uv pip install --python .venv/bin/python -e . 'jax[tpu]'"
+  ssh_all "set -euo pipefail; $fetch && cd $(quote "$REMOTE_DIR") && python3 -m pip install --user --quiet uv && ~/.local/bin/uv venv --python $(quote "$PYTHON_VERSION") .venv && ~/.local/bin/uv pip install --python .venv/bin/python -e '.[tpu]'"
+}
+
+# The config's GRPO step compiled for the slice by XLA:TPU here (tools/aot): refuse to
+# start a job whose step does not fit the chips' memory.
+do_preflight() {
+  [[ $PREFLIGHT == 1 ]] || return 0
+  case $ACCELERATOR_TYPE in
+    v5p-8 | v5p-16 | v5p-32 | v5p-64 | v5p-128) ;;
+    *)
+      echo "launch_tpu.sh: warning: no pre-flight compile for '${ACCELERATOR_TYPE:-no --accelerator-type}' (tools/aot knows v5p-8 ... v5p-128)" >&2
+      return 0 ;;
+  esac
+  local overrides=() a
+  for a in "${EXTRA[@]}"; do
+    [[ $a == --config.* ]] && overrides+=("$a")
+  done
+  local cmd=("$LOCAL_PYTHON" -m vqathinker_jax.tools.aot --config="$REPO_ROOT/$CONFIG"
+             --topology="$ACCELERATOR_TYPE" "${overrides[@]}")
+  if [[ $DRY_RUN == 1 ]]; then
+    run_cmd "${cmd[@]}"
+    return
+  fi
+  echo "launch_tpu.sh: pre-flight: compiling the step for $ACCELERATOR_TYPE with XLA:TPU here (minutes; --no-preflight skips it)" >&2
+  local report verdict
+  report=$(cd "$REPO_ROOT" && ALLOW_MULTIPLE_LIBTPU_LOAD=1 "${cmd[@]}") \
+    || die "the pre-flight compile failed (its error is above); --no-preflight skips it"
+  verdict=$("$LOCAL_PYTHON" -c 'import json, sys
+r = json.load(sys.stdin)
+print(("fits" if r["fits"] else "does not fit") + ": peak %s GiB per chip of %s" % (r.get("peak_gib_per_chip", "?"), r["hbm_gib_per_chip"]))' <<<"$report")
+  echo "launch_tpu.sh: pre-flight: $verdict" >&2
+  [[ $verdict == fits:* ]] || die "the step does not fit $ACCELERATOR_TYPE: lower the batch or micro-batch sizes, set config.grpo.remat=full, or take a larger slice"
 }
 
 do_run() {
@@ -326,10 +371,10 @@ do_delete() {
 case $COMMAND in
   create) do_create ;;
   setup) do_setup ;;
-  run) do_run ;;
+  run) do_preflight; do_run ;;
   status) do_status ;;
   logs) do_logs ;;
   stop) do_stop ;;
   delete) do_delete ;;
-  up) do_create; do_setup; do_run ;;
+  up) do_preflight; do_create; do_setup; do_run ;;
 esac

@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.tokenizer = ""  # tokenizer directory ("" = the checkpoint's; "demo" = build the tiny demo tokenizer)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
   m.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
+  m.attention = "auto"  # attention kernel: auto (splash on TPU, cuDNN on GPU) | xla | splash | cudnn
+  m.scan_layers = False  # decoder layers as one lax.scan in the update/SFT passes (faster compiles)
   m.arch = a = ml_collections.ConfigDict()  # architecture, used only when `checkpoint` is ""
   a.image_token_id = 151667  # <IMG_CONTEXT>
   a.vision_feature_layer = -1  # ViT hidden state fed to the projector (-1: last block)
@@ -98,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   g.top_p = 1.0  # nucleus mass (1: all)
   g.temporal = True  # temporal-consistency reward from perturbed rollouts (docs/method.md §3)
   g.remat = "off"  # decoder layers in the update's backward pass: off | full (recompute) | save_dots
+  g.decode_layout = "gathered"  # rollout decode weights: gathered (per-step copy, whole over fsdp) | train
   g.logprob_chunk = 256  # completion tokens per LM-head chunk
   g.micro_batch_size = 0  # videos per gradient micro-batch (0: the whole batch)
   g.logprob_micro_batch_size = 0  # videos per no-grad log-prob micro-batch (0: the whole batch)

@@ -4,7 +4,7 @@ InternVL3-8B + the Kinetics-400 SlowFast (motion_mlp starts fresh), 3 epochs of 
 G=4 completions per step, evaluated on the five in-domain sets at 12x560. The paths are
 placeholders: override them (`--config.model.checkpoint=...`); validation names any missing.
 
-  python -m vqathinker_jax.main --config configs/internvl3_8b_lsvq.py --workdir /mnt/bucket/run \
+  python -m vqathinker_jax.main --config configs/internvl3_8b_lsvq.py --workdir gs://bucket/run \
       --config.model.checkpoint=/ckpt/InternVL3-8B --config.data.data_dir=/data/tfds
 """
 

@@ -63,10 +63,15 @@ def dataset(source, *, batch_size, seed, num_copies=4, num_epochs=None, shuffle=
             worker_buffer_size=2, read_threads=4, prefetch=4, modes=perturb.MODES):
   """A batched `grain.IterDataset` over `source` (anything with __len__/__getitem__).
 
-  The records are split over hosts by position (`shard_index::shard_count`, default this JAX
-  process of all; shard sizes differ by at most one, so a finite evaluation pass needs
-  padding or `drop_remainder` to keep hosts in step), reshuffled every epoch from `seed`, and
-  repeated `num_epochs` times (None: forever; batches may then span an epoch boundary).
+  The records are reshuffled every epoch from `seed` and repeated `num_epochs` times (None:
+  forever; batches may then span an epoch boundary). Hosts split each global batch of
+  `shard_count * batch_size` rows: host `shard_index` (default this JAX process of all)
+  gets rows `[shard_index * batch_size, (shard_index + 1) * batch_size)`, the rows
+  `jax.make_array_from_process_local_data` places on its devices when the mesh lists each
+  process's devices together (`jax.devices()` order). So the global batches
+  (records, order, perturbation draws) depend on `seed` alone, not on the number of hosts:
+  a run on 2 hosts trains on what a run on 1 host does. With `drop_remainder` every host
+  gets the same number of batches; without it a finite pass can leave hosts a batch apart.
   Batches are formed before prefetching, so they do not depend on `worker_count`; > 0 reads
   in that many worker processes, whose iterator must be closed (`it.close()`) in a program
   with a `__main__` guard. Per process, `prefetch` batches at most are held ahead and
@@ -79,11 +84,10 @@ def dataset(source, *, batch_size, seed, num_copies=4, num_epochs=None, shuffle=
     raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
   if batch_size < 1 or num_copies < 0:
     raise ValueError(f"need batch_size >= 1 and num_copies >= 0, got {batch_size}, {num_copies}")
-  ds = grain.MapDataset.source(source)[shard_index::shard_count]
-  if len(ds) == 0:
-    raise ValueError(f"shard {shard_index} of {shard_count} is empty ({len(source)} records)")
-  # Per host, so that host k's i-th record does not get host 0's i-th perturbation draws.
-  ds = ds.seed(int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0]))
+  ds = grain.MapDataset.source(source)
+  # The same on every host (perturbation draws are keyed by the global position); the 0
+  # keeps the stream one host drew when hosts had seeds of their own.
+  ds = ds.seed(int(np.random.SeedSequence([seed, 0]).generate_state(1)[0]))
   if shuffle:
     ds = ds.shuffle()
   # Before repeat, so the perturbation draws (keyed by the epoch-aware index) and the
@@ -91,6 +95,13 @@ def dataset(source, *, batch_size, seed, num_copies=4, num_epochs=None, shuffle=
   ds = ds.random_map(ToExample(num_copies, tuple(modes)))
   ds = ds.repeat(num_epochs)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  # Host k's slice of global batch i is local batch i * shard_count + k; only those records
+  # are read. Whole global batches only with drop_remainder, so that hosts stay in step.
+  stop = len(ds) - len(ds) % shard_count if drop_remainder else len(ds)
+  ds = ds[shard_index:stop:shard_count]
+  if len(ds) == 0:
+    raise ValueError(f"shard {shard_index} of {shard_count} is empty ({len(source)} records, "
+                     f"{shard_count} x {batch_size} rows a global batch)")
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                 prefetch_buffer_size=prefetch))
   if worker_count > 0:

@@ -245,13 +245,27 @@ def test_paths_are_skipped_on_request(tmp_path):
   config_check.validate(c, check_paths=False)
 
 
-def test_workdir_must_be_a_directory_path(tmp_path):
+def test_workdir_is_a_directory_or_a_bucket_url(tmp_path, monkeypatch):
+  import fsspec
   config_check.validate(_config(), workdir=tmp_path / "new")
   (tmp_path / "f").write_text("")
   assert "--workdir=" in _problems(_config(), workdir=tmp_path / "f")
-  # pathlib would turn gs://b/run into a local folder gs:/b/run: refused, not lost.
-  assert "--workdir='gs://b/run': URL workdirs are not supported" in _problems(
-      _config(), workdir="gs://b/run")
+  # What pathlib leaves of gs://b/run (a local folder gs:), and URLs no one can write.
+  assert "gs:/b/run': a URL with one slash" in _problems(_config(), workdir="gs:/b/run")
+  assert "gs:///run': no bucket" in _problems(_config(), workdir="gs:///run")
+  assert "ftp:// is not one epath writes to" in _problems(_config(), workdir="ftp://h/run")
+
+  def gcs_client(present):
+    def get(protocol):
+      if not present:
+        raise ImportError("Please install gcsfs to access Google Storage")
+      assert protocol == "gcs"  # what epath asks fsspec for, for gs://
+      return fsspec.AbstractFileSystem
+    return get
+  monkeypatch.setattr(fsspec, "get_filesystem_class", gcs_client(present=True))
+  config_check.validate(_config(), workdir="gs://b/run")
+  monkeypatch.setattr(fsspec, "get_filesystem_class", gcs_client(present=False))
+  assert "this Python cannot write gs://" in _problems(_config(), workdir="gs://b/run")
 
 
 def test_slowfast_weights_need_a_checkpoint(tmp_path):

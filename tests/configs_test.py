@@ -1,5 +1,6 @@
 """Every config in configs/ loads and validates; the reference run holds docs/method.md §4's values."""
 
+import dataclasses
 import math
 import pathlib
 import runpy
@@ -89,7 +90,9 @@ def test_architectures_match_the_released_models(name, params):
   from vqathinker_jax import model
   from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig
   a = _load(name).model.arch
-  cfg = ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()))
+  # Unpadded: the stored vocabulary padding (`TextConfig.padded_vocab_size`) is not in the release.
+  text = dataclasses.replace(TextConfig(**a.text.to_dict()), vocab_multiple=1)
+  cfg = ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=text)
   abstract = nnx.eval_shape(lambda: model.InternVL(cfg, nnx.Rngs(0)))
   count = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert count == pytest.approx(params, rel=1e-5)  # the figures above are rounded to 0.01 M

@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch_tpu.sh"
 ENV_VARS = ("TPU_NAME", "PROJECT", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "BUCKET",
             "WORKDIR", "CONFIG", "QUEUED", "SPOT", "GIT_URL", "GIT_REF", "REMOTE_DIR", "LOG_DIR",
-            "PYTHON_VERSION")
+            "PYTHON_VERSION", "PREFLIGHT", "LOCAL_PYTHON")
 V5P = ["--name", "vqa-v5p", "--project", "my-proj", "--zone", "us-east5-a",
        "--accelerator-type", "v5p-32", "--bucket", "gs://my-bucket", "--config", "configs/base.py"]
 WHERE = ["--project=my-proj", "--zone=us-east5-a"]
@@ -23,7 +23,7 @@ QR = ["gcloud", "compute", "tpus", "queued-resources"]
 SETUP = ("set -euo pipefail; rm -rf vqathinker-jax && mkdir -p vqathinker-jax && "
          "tar -xzf vqathinker-jax.tar.gz -C vqathinker-jax && cd vqathinker-jax && "
          "python3 -m pip install --user --quiet uv && ~/.local/bin/uv venv --python 3.11 .venv && "
-         "~/.local/bin/uv pip install --python .venv/bin/python -e . 'jax[tpu]'")
+         "~/.local/bin/uv pip install --python .venv/bin/python -e '.[tpu]'")
 LOG = "$HOME/vqathinker-logs"
 
 
@@ -54,6 +54,9 @@ def test_up_dry_run_prints_the_exact_commands(tmp_path):
   assert out.returncode == 0, out.stderr
   tarball = f"{tmp_path}/vqathinker-jax-vqa-v5p.tar.gz"
   assert out.stdout.splitlines() == lines(
+      # the pre-flight compile first: nothing is created for a step that does not fit
+      ["python3", "-m", "vqathinker_jax.tools.aot", f"--config={ROOT}/configs/base.py",
+       "--topology=v5p-32", *extra],
       [*TPU, "describe", "vqa-v5p", *WHERE, "--format=value(name)"],
       [*TPU, "create", "vqa-v5p", *WHERE, "--accelerator-type=v5p-32",
        "--version=v2-alpha-tpuv5"],
@@ -67,7 +70,8 @@ def test_up_dry_run_prints_the_exact_commands(tmp_path):
 
 def test_each_printed_line_is_one_shell_command(tmp_path):
   """The remote command survives the local shell as a single word, quotes included."""
-  out = launch("--dry-run", *V5P, "run", "--", "--config.sft.think=a 'b' c", tmp_path=tmp_path)
+  out = launch("--dry-run", "--no-preflight", *V5P, "run", "--", "--config.sft.think=a 'b' c",
+               tmp_path=tmp_path)
   (line,) = out.stdout.splitlines()
   assert shlex.split(line) == run_argv("--config.sft.think=a 'b' c")
   job = shlex.split(shlex.split(line)[-1].removeprefix("--command="))
@@ -82,6 +86,7 @@ def test_queued_git_spot_and_env_fallbacks(tmp_path):
   assert out.returncode == 0, out.stderr
   where = ["--project=p", "--zone=europe-west4-b"]
   got = out.stdout.splitlines()
+  assert "no pre-flight compile for 'v6e-8'" in out.stderr  # tools/aot knows v5p only
   assert got[:3] == lines(
       [*QR, "describe", "q1", *where, "--format=value(name)"],
       [*QR, "create", "q1", *where, "--node-id=q1", "--accelerator-type=v6e-8",
@@ -91,6 +96,29 @@ def test_queued_git_spot_and_env_fallbacks(tmp_path):
   assert "git clone --depth=1 --branch v1 https://example.com/r.git vqathinker-jax" in got[3]
   assert "--config=configs/base.py --workdir=gs://w/x > " in got[4]  # no bucket: no data_dir
   assert len(got) == 5
+
+
+def test_preflight_refuses_a_step_that_does_not_fit(tmp_path):
+  """Without --dry-run: tools/aot's verdict (a stand-in Python prints it) stops `up` before
+  any gcloud command; a step that fits goes on to create the TPU."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  calls = tmp_path / "gcloud_calls"
+  (bin_dir / "gcloud").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+  for fits, peak in (("false", 120.5), ("true", 40.1)):
+    (bin_dir / "py").write_text(
+        '#!/bin/sh\nif [ "$1" = -m ]; then echo \'{"fits": %s, "peak_gib_per_chip": %s, '
+        '"hbm_gib_per_chip": 95.74}\'; exit 0; fi\nexec %s "$@"\n' % (fits, peak, sys.executable))
+    for f in bin_dir.iterdir():
+      f.chmod(0o755)
+    env = dict(PATH=f"{bin_dir}:{os.environ['PATH']}", LOCAL_PYTHON=str(bin_dir / "py"))
+    out = launch(*V5P, "up", env=env, tmp_path=tmp_path)
+    assert f"peak {peak} GiB per chip of 95.74" in out.stderr
+    if fits == "false":
+      assert out.returncode == 2 and "does not fit v5p-32" in out.stderr
+      assert not calls.exists()
+    else:  # on to `create`, whose stand-in gcloud fails
+      assert out.returncode != 0 and calls.read_text().startswith("compute tpus tpu-vm describe")
 
 
 def test_delete_status_logs_stop(tmp_path):
@@ -143,7 +171,8 @@ def test_help_documents_every_command_and_flag(tmp_path):
   out = launch("--help", tmp_path=tmp_path)
   assert out.returncode == 0
   for word in ("create", "setup", "run", "status", "logs", "stop", "delete", "up", "--dry-run",
-               "--queued", "--git", "--worker", *ENV_VARS[:8], "v2-alpha-tpuv5"):
+               "--queued", "--git", "--worker", *ENV_VARS[:8], "v2-alpha-tpuv5",
+               "--no-preflight", "--local-python", "PREFLIGHT", "LOCAL_PYTHON"):
     assert word in out.stdout, word
 
 

@@ -58,3 +58,68 @@ def test_smoke_loads_a_checkpoint(hf_checkpoint, tmp_path):
 def _demo_config():
   import runpy
   return runpy.run_path(str(ROOT / "configs/demo.py"))["get_config"]()
+
+
+def _never():
+  raise AssertionError("cluster detection consulted")
+
+
+@pytest.mark.parametrize("mode, env, detect, expected", [
+    # A single-process CPU run (this machine: JAX's detection finds no cluster).
+    ("auto", {}, None, None),
+    # A TPU pod slice or SLURM job that JAX detects: it fills in every argument itself.
+    ("auto", {}, lambda: 4, {}),
+    ("auto", {}, lambda: 1, None),  # a single-host TPU VM
+    # An explicit coordinator: JAX reads no JAX_NUM_PROCESSES / JAX_PROCESS_ID, so they are passed.
+    ("auto", {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+              "JAX_PROCESS_ID": "1"}, _never,
+     {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}),
+    ("on", {}, _never, {}),
+    ("off", {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}, _never, None),
+])
+def test_distributed_start_up_decision(mode, env, detect, expected):
+  from vqathinker_jax import main
+  kw = {} if detect is None else {"detect": detect}
+  assert main._distributed_args(mode, env, **kw) == expected
+
+
+def test_distributed_auto_asks_jax_cluster_detection(monkeypatch):
+  """What `jax.distributed.initialize()` would find, by JAX's own detection: the first
+  cluster present (a TPU VM's metadata needs no exported shell variables)."""
+  from absl import app
+  from jax._src import clusters
+  from vqathinker_jax import main
+
+  class Pod(clusters.ClusterEnv):
+    @classmethod
+    def is_env_present(cls):
+      return True
+
+    @classmethod
+    def get_process_count(cls):
+      return 8
+
+  clusters.ClusterEnv._cluster_types.remove(Pod)  # registered by subclassing: this test's only
+  monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types",
+                      [Pod] + clusters.ClusterEnv._cluster_types)
+  assert main._detected_process_count() == 8
+  assert main._distributed_args("auto", {}) == {}
+
+  def unreachable():
+    raise ConnectionError("metadata server")
+  with pytest.raises(app.UsageError, match="--distributed=on or --distributed=off"):
+    main._distributed_args("auto", {}, detect=unreachable)
+
+
+def test_gs_workdir_and_its_compile_cache_keep_the_scheme(monkeypatch):
+  import types
+  from vqathinker_jax import main
+  assert str(main._workdir_path("gs://b/run")) == "gs://b/run"  # pathlib: gs:/b/run
+  assert str(main._workdir_path("~/run")) == str(pathlib.Path.home() / "run")
+  seen = {}
+  fake_jax = types.SimpleNamespace(config=types.SimpleNamespace(update=seen.__setitem__))
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  main._compile_cache(fake_jax, "auto", main._workdir_path("gs://b/run"))
+  assert seen == {"jax_compilation_cache_dir": "gs://b/run/xla_cache"}
+  main._compile_cache(fake_jax, "gs://b/xla", None)
+  assert seen == {"jax_compilation_cache_dir": "gs://b/xla"}

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipelines import builder
-from vqathinker_jax.model import config as model_config, layers, llm, sharding, slowfast
-from vqathinker_jax.rl import grpo, rewards
+from vqathinker_jax.model import (attention_kernels, config as model_config, layers, llm,
+                                  sharding, slowfast)
+from vqathinker_jax.rl import grpo, rewards, rollout
 from vqathinker_jax.text import tokenizer as tok_lib
 from vqathinker_jax.train import state as train_state
 
@@ -32,17 +33,21 @@ CHOICES = {
     "mode": MODES,
     "model.dtype": tuple(model_config.DTYPES),
     "model.param_dtype": tuple(model_config.DTYPES),
+    "model.attention": attention_kernels.IMPLEMENTATIONS,
     "model.arch.vision.norm_type": layers.NORM_TYPES,
     "model.arch.motion.depth": tuple(slowfast.STAGE_DEPTHS),
     "grpo.loss_type": grpo.LOSS_TYPES,
     "grpo.kl_estimator": grpo.KL_ESTIMATORS,
     "grpo.remat": tuple(llm.REMAT_POLICIES),
+    "grpo.decode_layout": rollout.LAYOUTS,
     "rewards.pairing": rewards.PAIRINGS,
     "rewards.temporal_scope": rewards.TEMPORAL_SCOPES,
     "train.optimizer.schedule": train_state.SCHEDULES,
     "eval.prompt_layout": tok_lib.LAYOUTS,
     "predict.prompt_layout": tok_lib.LAYOUTS,
 }
+# URL workdirs: scheme -> the fsspec file system epath writes it with.
+URL_FILESYSTEMS = {"gs": "gcs", "s3": "s3", "az": "az"}
 # Sections whose per-field rules their dataclass states (its __post_init__).
 DATACLASSES = {"grpo": grpo.GRPOConfig, "rewards": rewards.RewardConfig}
 # Frame sides must be whole 2x2 groups of ViT patches (patch 14 x pixel-shuffle 2) so that
@@ -77,7 +82,8 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
 
   ``num_devices``: check the mesh against this many devices (None: shape only).
   ``check_paths``: also check the checkpoint, tokenizer, SlowFast file and data sets on disk
-  (and that ``workdir``, the run's output directory, is not a file).
+  (and ``workdir``, the run's output directory: a local path that is not a file, or a
+  bucket URL such as gs://bucket/run that this Python can write).
   """
   cfg = config.to_dict() if hasattr(config, "to_dict") else _plain(config)
   c = _Checker(cfg)
@@ -90,13 +96,8 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   _check_motion(c, check_paths)
   if check_paths:
     _check_paths(c)
-    if workdir is not None and "://" in str(workdir):
-      c.problems.append(f"--workdir={str(workdir)!r}: URL workdirs are not supported yet (the "
-                        "outputs would go to a local folder named after the scheme); give a "
-                        "local or mounted path, e.g. a gcsfuse mount of the bucket")
-    elif workdir is not None and pathlib.Path(workdir).expanduser().is_file():
-      c.problems.append(f"--workdir={str(workdir)!r}: is a file; give a directory for the "
-                        "run's outputs (it is created if missing)")
+    if workdir is not None:
+      _check_workdir(c, str(workdir))
   if c.problems:
     raise ConfigError(c.problems)
 
@@ -487,6 +488,34 @@ def _check_motion(c: _Checker, check_paths: bool) -> None:
 
 
 # ----------------------------------------------------------------------- paths ---
+
+def _check_workdir(c: _Checker, workdir: str) -> None:
+  """A local directory (not a file), or a bucket URL that epath can write to."""
+  head = f"--workdir={workdir!r}"
+  if "://" not in workdir:
+    if workdir.startswith(("gs:/", "s3:/")):  # what pathlib leaves of gs://b/run
+      c.problems.append(f"{head}: a URL with one slash; write {workdir.split(':/', 1)[0]}://"
+                        "BUCKET/PATH")
+    elif pathlib.Path(workdir).expanduser().is_file():
+      c.problems.append(f"{head}: is a file; give a directory for the run's outputs (it is "
+                        "created if missing)")
+    return
+  scheme, rest = workdir.split("://", 1)
+  if scheme not in URL_FILESYSTEMS:
+    c.problems.append(f"{head}: the scheme {scheme}:// is not one epath writes to; give a "
+                      f"local path or one of {', '.join(f'{s}://' for s in URL_FILESYSTEMS)}")
+  elif not rest.split("/", 1)[0]:
+    c.problems.append(f"{head}: no bucket; write {scheme}://BUCKET/PATH")
+  else:
+    import importlib.util
+    import fsspec
+    try:  # epath's backend for the scheme (TensorFlow's gfile, where installed, serves gs://)
+      if not (scheme == "gs" and importlib.util.find_spec("tensorflow")):
+        fsspec.get_filesystem_class(URL_FILESYSTEMS[scheme])
+    except ImportError as e:
+      c.problems.append(f"{head}: this Python cannot write {scheme}:// ({e}); install its "
+                        "fsspec file system (gs://: gcsfs, in the `tpu` extra)")
+
 
 def _check_paths(c: _Checker) -> None:
   mode = c.get("mode")

@@ -11,9 +11,13 @@ Legend: B videos, T frames, H/W pixels, C colour channels.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import pathlib
+import tempfile
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -59,11 +63,13 @@ def model_config(config) -> ModelConfig:
     # An untied LM head is what InternVL3 ships; the config's own flag is unreliable.
     return hf_checkpoint.config_from_hf(hf, has_lm_head=not text.get("tie_word_embeddings", False),
                                         motion=motion, path=path, dtype=m.dtype,
-                                        param_dtype=m.param_dtype)
+                                        param_dtype=m.param_dtype, attention=m.attention,
+                                        scan_layers=m.scan_layers)
   a = m.arch
   return ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()),
                      image_token_id=a.image_token_id, vision_feature_layer=a.vision_feature_layer,
-                     motion=motion, dtype=m.dtype, param_dtype=m.param_dtype)
+                     motion=motion, dtype=m.dtype, param_dtype=m.param_dtype,
+                     attention=m.attention, scan_layers=m.scan_layers)
 
 
 def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
@@ -75,7 +81,8 @@ def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
   if m.checkpoint:
     return model_lib.from_pretrained(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
                                      mesh=mesh, slowfast_weights=m.slowfast_weights or None,
-                                     seed=config.seed)
+                                     seed=config.seed, attention=m.attention,
+                                     scan_layers=m.scan_layers)
   if m.slowfast_weights:
     raise ValueError(f"config.model.slowfast_weights={m.slowfast_weights!r} needs "
                      "config.model.checkpoint: SlowFast weights are added to a loaded model")
@@ -88,9 +95,19 @@ def tokenizer(config, workdir) -> tok_lib.Tokenizer:
   tokenizer under workdir/tokenizer; else that path, or the checkpoint's own files."""
   m = config.model
   if m.tokenizer == "demo":
-    path = pathlib.Path(workdir) / "tokenizer"
-    if not (path / "tokenizer.json").exists():
-      demo_tokenizer.save(demo_tokenizer.build(), path)
+    path = epath.Path(workdir) / "tokenizer"
+
+    def make():
+      if not (path / "tokenizer.json").exists():
+        demo_tokenizer.save(demo_tokenizer.build(), path)
+
+    # As ensure_synthetic: process 0 first, so that processes sharing the workdir do not
+    # write the same files at once (the others build their own only on a local disk).
+    if jax.process_index() == 0:
+      make()
+    _barrier("factory.tokenizer")
+    if jax.process_index() != 0:
+      make()
     return tok_lib.load_tokenizer(path)
   return tok_lib.load_tokenizer(m.tokenizer or m.checkpoint)
 
@@ -98,9 +115,9 @@ def tokenizer(config, workdir) -> tok_lib.Tokenizer:
 def data_dir(config, workdir) -> pathlib.Path:
   """The TFDS data_dir the run reads: `config.data.data_dir`, or for the synthetic set
   `<config.data.data_dir or workdir/data>/tfds` (its rendered clips go beside, in
-  `synthetic_videos`)."""
+  `synthetic_videos`); with a gs:// workdir, `workdir/data` is a local folder instead."""
   if config.data.synthetic.enabled:
-    return pathlib.Path(config.data.data_dir or pathlib.Path(workdir) / "data") / "tfds"
+    return pathlib.Path(config.data.data_dir or _local_data(workdir)) / "tfds"
   if not config.data.data_dir:
     raise ValueError("config.data.data_dir is empty: point it at the TFDS data_dir the data "
                      "sets were built into (python -m data_pipelines.prepare --data_dir ...), "
@@ -108,10 +125,34 @@ def data_dir(config, workdir) -> pathlib.Path:
   return pathlib.Path(config.data.data_dir)
 
 
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
+def _local_data(workdir) -> pathlib.Path:
+  """workdir/data, or for a URL workdir (gs://B/run) TMPDIR/vqathinker_jax/gs/B/run/data:
+  the synthetic clips are encoded and read through local files, and they are rebuilt from
+  their settings on any machine, so they need not be durable."""
+  workdir = os.fspath(workdir)
+  if "://" not in workdir:
+    return pathlib.Path(workdir) / "data"
+  scheme, rest = workdir.split("://", 1)
+  return pathlib.Path(tempfile.gettempdir(), "vqathinker_jax", scheme, rest.strip("/"), "data")
+
+
+_BARRIERS = itertools.count()  # every process passes the barriers in the same order
+
+
+def _barrier(name: str, timeout_s: int = 6 * 3600) -> None:
+  """Waits for every process, through JAX's coordination service rather than a device
+  program: on CPU that would be a gloo collective, whose set-up fails when processes
+  arrive over 30 s apart (process 0 may render the synthetic set for minutes)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client of jax.distributed.initialize
+  client = distributed.global_state.client
+  if client is None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+    return
+  # A barrier name is for one use, as Orbax's are (each evaluation comes here again).
+  client.wait_at_barrier(f"{name}.{next(_BARRIERS)}", timeout_s * 1000)
 
 
 def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 0) -> pathlib.Path:

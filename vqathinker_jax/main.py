@@ -2,37 +2,82 @@
 
 Overrides: `--config.model.dtype=bfloat16`, `--config.mesh.tensor=2`, ...
 Modes (`config.mode`, checked with the rest by `config_check`): train (SFT warm-start,
-then GRPO), eval, predict, smoke.
+then GRPO), eval, predict, smoke. `--workdir` may be a local path or gs://bucket/run.
 """
 
 import json
 import os
-import pathlib
+from typing import Callable, Mapping
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (checkpoints, logs, reports).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for outputs (checkpoints, logs, reports): a local path or a "
+    "URL such as gs://bucket/run (every output is written through etils.epath).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize() before anything else. auto: when this is one of several "
+    "processes, i.e. JAX_COORDINATOR_ADDRESS is set (with JAX_NUM_PROCESSES and "
+    "JAX_PROCESS_ID, or a cluster JAX detects to fill them in), or JAX's own cluster "
+    "detection finds more than one process (a TPU pod slice from the VM's metadata, SLURM, "
+    "Open MPI, Kubernetes); on: always (JAX detects the rest, or fails saying what is "
+    "missing); off: never (each process runs alone).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _multi_process() -> bool:
-  """Launched as one of several processes (a TPU pod slice's workers, SLURM, or an explicit
-  coordinator): `jax.distributed.initialize()` must run before anything touches jax."""
-  env = os.environ
-  return ("JAX_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-          or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
+def _detected_process_count() -> int:
+  """Processes in the cluster JAX's auto-detection finds: what `jax.distributed.initialize()`
+  with no arguments would join (1: none). It reads the TPU VM's metadata server, not shell
+  variables, so a `gcloud ... ssh --worker=all` command that exports nothing is found too."""
+  from jax._src import clusters  # initialize's own detection (no public API for it)
+  for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+    if not env.opt_in_only_method and env.is_env_present():  # the first one, as initialize
+      return env.get_process_count()
+  return 1
 
 
-def _compile_cache(jax, setting: str, workdir: pathlib.Path) -> None:
-  """`config.compile_cache_dir`: XLA's persistent compilation cache for this run."""
+def _distributed_args(mode: str, env: Mapping[str, str],
+                      detect: Callable[[], int] = _detected_process_count) -> dict | None:
+  """The arguments of `jax.distributed.initialize` for this launch; None: one process, no
+  initialisation. JAX reads JAX_COORDINATOR_ADDRESS itself but not JAX_NUM_PROCESSES or
+  JAX_PROCESS_ID, so those are passed."""
+  if mode == "off":
+    return None
+  if mode == "auto" and "JAX_COORDINATOR_ADDRESS" not in env:
+    try:
+      if detect() <= 1:
+        return None
+    except Exception as e:  # e.g. a TPU VM whose metadata server does not answer
+      raise app.UsageError(f"could not tell whether this is one of several processes ({e!r}); "
+                           "pass --distributed=on or --distributed=off") from e
+  args = {}
+  for key, name, cast in (("JAX_COORDINATOR_ADDRESS", "coordinator_address", str),
+                          ("JAX_NUM_PROCESSES", "num_processes", int),
+                          ("JAX_PROCESS_ID", "process_id", int)):
+    if env.get(key):
+      args[name] = cast(env[key])
+  return args
+
+
+def _compile_cache(jax, setting: str, workdir) -> None:
+  """`config.compile_cache_dir`: XLA's persistent compilation cache for this run (JAX
+  writes it through epath: a gs:// directory works)."""
   if setting == "":
     jax.config.update("jax_enable_compilation_cache", False)
   elif setting != "auto":
-    jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(setting).expanduser()))
+    jax.config.update("jax_compilation_cache_dir",
+                      setting if "://" in setting else os.path.expanduser(setting))
   elif not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's own setting wins
-    jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
+    jax.config.update("jax_compilation_cache_dir", os.fspath(workdir / "xla_cache"))
+
+
+def _workdir_path(flag: str):
+  """--workdir as an epath.Path: gs://bucket/run keeps its scheme (pathlib would make it
+  the local folder gs:/bucket/run); a local path has ~ expanded."""
+  from etils import epath
+  return epath.Path(flag if "://" in flag else os.path.expanduser(flag))
 
 
 def main(argv):
@@ -41,15 +86,21 @@ def main(argv):
   config = _CONFIG.value
   # Imported after flag parsing: jax starts only for real runs.
   import jax
-  if _multi_process():
-    jax.distributed.initialize()
+  dist = _distributed_args(_DISTRIBUTED.value, os.environ)
+  if dist is not None:
+    jax.distributed.initialize(**dist)
   from vqathinker_jax import config_check
   try:  # before anything loads or compiles
     config_check.validate(config, num_devices=jax.device_count(), workdir=_WORKDIR.value)
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
-  workdir = pathlib.Path(_WORKDIR.value).expanduser()
+  workdir = _workdir_path(_WORKDIR.value)
   _compile_cache(jax, config.compile_cache_dir, workdir)
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # No persistent cache: JAX keys CPU entries by each process's own topology and writes
+    # process 0's only, so the others would compile what process 0 loads, and a rerun would
+    # die at its first collective, where gloo waits 30 s at most for every process.
+    jax.config.update("jax_enable_compilation_cache", False)
   if jax.process_index() != 0 or not flags.FLAGS["verbosity"].present:
     # Orbax and Grain log every save and read at INFO; `-v 0` brings them back.
     logging.set_verbosity(logging.WARNING)

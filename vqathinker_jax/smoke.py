@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pathlib
 import time
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +35,7 @@ def synthetic_batch(cfg: ModelConfig, s, seed: int):
   return ids, frames.astype(jnp.dtype(cfg.dtype))
 
 
-def run(config, workdir: pathlib.Path) -> dict:
+def run(config, workdir) -> dict:
   mesh = factory.make_mesh(config)
   t0 = time.perf_counter()
   m, cfg = factory.build_model(config, mesh)
@@ -60,6 +60,7 @@ def run(config, workdir: pathlib.Path) -> dict:
       "build_s": round(build_s, 3), "first_forward_s": round(first_s, 3),
       "second_forward_s": round(second_s, 3),
   }
+  workdir = epath.Path(workdir)  # gs:// keeps its scheme
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "smoke.json").write_text(json.dumps(report, indent=2))
   logging.info("smoke report written to %s", workdir / "smoke.json")

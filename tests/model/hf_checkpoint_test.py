@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import one_device
 import tolerance
-from hf_tiny import hf_logits, padded_batch, write_chat_layout
+from hf_tiny import hf_logits, padded_batch, randomize_, tiny_hf_config, write_chat_layout
 from vqathinker_jax import model
 from vqathinker_jax.model import hf_checkpoint as checkpoint
 
@@ -82,6 +82,10 @@ def _corrupt(src, dst, edit):
      r"unexpected tensors \(1\): vision_tower.extra.weight"),
     (lambda t: t.__setitem__("multi_modal_projector.linear_1.weight", np.zeros((64, 100), np.float32)),
      r"multi_modal_projector.linear_1.weight has shape \(64, 100\)"),
+    # Checkpoints hold the unpadded vocabulary: the message says so, not our padded 512.
+    (lambda t: t.__setitem__("language_model.lm_head.weight", np.zeros((511, 64), np.float32)),
+     r"lm_head.weight has shape \(511, 64\), which gives \(64, 511\) for llm.lm_head.kernel; "
+     r"the config implies \(64, 512\)"),
     (lambda t: t["language_model.model.norm.weight"].__setitem__(3, np.nan),
      r"language_model.model.norm.weight holds NaN"),
 ])
@@ -180,3 +184,62 @@ def test_loading_streams_tensor_by_tensor(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   peak_extra = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"]
   assert peak_extra < 1.6 * size, (peak_extra, size)  # measured: 1.26x
+
+
+@pytest.fixture(scope="module")
+def hf_509(tmp_path_factory):
+  """(path, torch model) of the tiny transformers InternVL with 509 ids: not a multiple of
+  128, so we store 512."""
+  import torch
+  from transformers import InternVLForConditionalGeneration
+  path = tmp_path_factory.mktemp("hf_509")
+  config = tiny_hf_config()
+  config.text_config.vocab_size = 509
+  torch.manual_seed(0)
+  hf = randomize_(InternVLForConditionalGeneration(config).eval(), 0)
+  hf.save_pretrained(path)
+  return path, hf
+
+
+def test_padded_vocabulary_is_hidden_from_checkpoints(hf_509, tmp_path):
+  """509 ids load as 512 zero-padded rows (split over `tensor`, which 509 would not be),
+  give transformers' logits, and export as the 509 rows they were."""
+  from transformers import InternVLForConditionalGeneration
+  from jax.sharding import PartitionSpec as P
+  from vqathinker_jax.model import sharding
+  path, hf = hf_509
+  src = load_file(path / "model.safetensors")
+  m, cfg = model.from_pretrained(path)
+  assert (cfg.text.vocab_size, cfg.text.padded_vocab_size) == (509, 512)
+  emb, head = np.asarray(m.llm.embed[...]), np.asarray(m.llm.lm_head.kernel[...])
+  assert emb.shape == (512, 64) and head.shape == (64, 512)
+  np.testing.assert_array_equal(emb[:509], src["language_model.model.embed_tokens.weight"])
+  np.testing.assert_array_equal(head[:, :509], src["language_model.lm_head.weight"].T)
+  assert not emb[509:].any() and not head[:, 509:].any()
+  ids, pix, mask = padded_batch(seed=5)
+  ours = np.asarray(m(input_ids=ids, pixel_values=pix, attention_mask=mask))
+  assert ours.shape == (2, ids.shape[1], 509)
+  tolerance.assert_close(ours, hf_logits(hf, ids, pix, mask), tolerance.LOGITS_VS_TORCH,
+                         where=mask.astype(bool), name="logits")
+
+  mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4}, jax.devices()[:8])
+  sharded, _ = model.from_pretrained(path, mesh=mesh)
+  assert sharded.llm.embed[...].sharding.spec == P("tensor", "fsdp")
+  assert sharded.llm.lm_head.kernel[...].sharding.spec == P("fsdp", "tensor")
+  assert sharded.llm.embed[...].addressable_shards[0].data.shape == (128, 32)
+  for k, v in _params(sharded).items():
+    np.testing.assert_array_equal(v, _params(m)[k], err_msg=str(k))
+  with jax.set_mesh(mesh):  # the public cut of a tensor-split vocabulary (512 -> 509)
+    tolerance.assert_close(sharded(input_ids=ids, pixel_values=pix, attention_mask=mask), ours,
+                           tolerance.SHARDED, name="sharded logits")
+
+  model.save_pretrained(sharded, cfg, tmp_path / "export")  # gathered from the mesh
+  config = json.loads((tmp_path / "export/config.json").read_text())
+  assert config["text_config"]["vocab_size"] == 509
+  out = load_file(tmp_path / "export/model.safetensors")
+  for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
+    assert out[key].shape == (509, 64)
+    np.testing.assert_array_equal(out[key], src[key], err_msg=key)
+  again = InternVLForConditionalGeneration.from_pretrained(tmp_path / "export").eval()
+  tolerance.assert_close(hf_logits(again, ids, pix, mask), hf_logits(hf, ids, pix, mask), 0,
+                         name="transformers on the export")

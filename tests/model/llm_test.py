@@ -1,13 +1,18 @@
-"""The decoder's KV-cache path reproduces the plain causal pass."""
+"""The decoder's KV-cache path reproduces the plain causal pass; the padded vocabulary
+is invisible to every consumer of the logits."""
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import tolerance
 from hf_tiny import TINY
 from vqathinker_jax import model
-from vqathinker_jax.model import llm, sharding
+from vqathinker_jax.model import internvl, llm, sharding
+from vqathinker_jax.model.config import TextConfig
 
 CFG = TINY
 
@@ -96,3 +101,206 @@ def test_remat_keeps_values_and_gradients():
       tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name=f"grad, remat={remat}")
   with np.testing.assert_raises(ValueError):
     loss(params, "some")
+
+
+@pytest.mark.parametrize("remat", ["off", "full"])
+def test_scanned_layers_keep_values_and_gradients(remat):
+  """`scan_layers`: one `lax.scan` over the stacked layers gives the loop's loss and the
+  same gradient for each stored layer (the parameters keep their per-layer layout)."""
+  import jax
+  m = model.init(CFG, seed=1, mesh=sharding.single_device_mesh())
+  scanned = model.init(dataclasses.replace(CFG, scan_layers=True), seed=1,
+                       mesh=sharding.single_device_mesh())
+  graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+  scan_graphdef, scan_params, _ = nnx.split(scanned, nnx.Param, ...)
+  assert jax.tree.structure(scan_params) == jax.tree.structure(params)
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, 500, (2, 9)))
+  mask = llm.causal_mask(jnp.ones(ids.shape, jnp.int32))
+  positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
+
+  def loss(params, graphdef):
+    lm = nnx.merge(graphdef, params, rest).llm
+    h, _ = lm(lm.embed_tokens(ids), positions, mask, remat=remat)
+    return jnp.sum(jax.nn.log_softmax(lm.logits(h))[..., 7])
+
+  want = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, graphdef)
+  got = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, scan_graphdef)
+  # The same layer arithmetic, compiled once as a loop body: a few rounding units.
+  tolerance.assert_close(got[0], want[0], 4, name="loss, scanned")
+  for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name="grad, scanned")
+  hlo = jax.jit(loss, static_argnums=1).lower(params, scan_graphdef).as_text()
+  assert "while" in hlo  # a real loop, not an unrolled copy
+
+
+# ------------------------------------------------------------- padded vocabulary ---
+# The stored vocabulary is rounded up to `TextConfig.vocab_multiple` (128) so that it splits
+# over `tensor`; nothing downstream may tell: pad logits are -inf, public logits are cut.
+
+PADDED = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, vocab_size=509))  # -> 512
+
+
+def _unpadded_twin(m):
+  """``m``'s weights in a model whose vocabulary is not padded (``vocab_multiple=1``)."""
+  cfg = m.cfg
+  flat = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_multiple=1))
+  twin = nnx.eval_shape(lambda: model.InternVL(flat, nnx.Rngs(0)))
+  V = cfg.text.vocab_size
+  cut = {("llm", "embed"): lambda x: x[:V], ("llm", "lm_head", "kernel"): lambda x: x[:, :V]}
+  leaves = {p: v.replace(cut.get(p, lambda x: x)(v[...]))
+            for p, v in nnx.to_flat_state(nnx.state(m))}
+  nnx.update(twin, nnx.from_flat_state(leaves))
+  return twin
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def padded(request):
+  cfg = dataclasses.replace(PADDED, text=dataclasses.replace(
+      PADDED.text, tie_word_embeddings=request.param))
+  m = model.init(cfg, seed=4, mesh=sharding.single_device_mesh())
+  return m, _unpadded_twin(m)
+
+
+@pytest.mark.parametrize("vocab, multiple, padded_size", [
+    (151674, 128, 151680), (509, 128, 512), (512, 128, 512), (1, 128, 128), (509, 1, 509)])
+def test_padded_vocab_size_rounds_up(vocab, multiple, padded_size):
+  text = TextConfig(vocab_size=vocab, vocab_multiple=multiple)
+  assert text.padded_vocab_size == padded_size
+  with pytest.raises(ValueError, match="vocab_multiple must be >= 1"):
+    TextConfig(vocab_multiple=0)
+
+
+def test_full_vocabulary_splits_over_tensor():
+  """InternVL3's 151,674 ids divide by neither 4 nor 8: padded to 151,680 the embedding
+  and LM head split over `tensor` instead of being whole on every chip (shapes only,
+  nothing allocated; the other dimensions tiny)."""
+  import jax
+  from jax.sharding import PartitionSpec as P
+  cfg = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, vocab_size=151674),
+                            image_token_id=151667)
+  flat = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_multiple=1))
+  for shape in ((1, 1, 8), (1, 2, 4)):
+    mesh = sharding.make_mesh(shape, jax.devices()[:8])
+    _, abstract, shardings = internvl.abstract_state(cfg, mesh)
+    assert abstract["llm"]["embed"].shape == (151680, 64)
+    assert abstract["llm"]["lm_head"]["kernel"].shape == (64, 151680)
+    assert shardings["llm"]["embed"].get_value().spec == P("tensor", "fsdp"), shape
+    assert shardings["llm"]["lm_head"]["kernel"].get_value().spec == P("fsdp", "tensor"), shape
+    # Unpadded, the vocabulary stays whole over `tensor` (what the padding fixes).
+    _, _, flat_shardings = internvl.abstract_state(flat, mesh)
+    assert flat_shardings["llm"]["embed"].get_value().spec[0] is None, shape
+
+
+def test_padding_starts_zero_and_its_logits_are_masked(padded):
+  import jax
+  m, twin = padded
+  V = PADDED.text.vocab_size
+  assert m.llm.embed[...].shape == (512, 64)
+  np.testing.assert_array_equal(np.asarray(m.llm.embed[...])[V:], 0)
+  if m.llm.lm_head is not None:
+    assert m.llm.lm_head.kernel[...].shape == (64, 512)
+    np.testing.assert_array_equal(np.asarray(m.llm.lm_head.kernel[...])[:, V:], 0)
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, V, (2, 9)))
+  mask = llm.causal_mask(jnp.ones(ids.shape, jnp.int32))
+  positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
+
+  @nnx.jit
+  def head(m):
+    h, _ = m.llm(m.llm.embed_tokens(ids), positions, mask)
+    return m.llm.logits(h * 30.0)  # large logits: pads would not hide behind rounding
+
+  logits = np.asarray(head(m))
+  assert logits.shape == (2, 9, 512)
+  assert np.isneginf(logits[..., V:]).all() and np.isfinite(logits[..., :V]).all()
+  probs = np.asarray(jax.nn.softmax(logits))
+  assert (probs[..., V:] == 0).all()
+  want = np.asarray(head(twin))
+  assert want.shape == (2, 9, V)
+  # The same matmul with 3 more output columns: the real logits are bitwise the same or
+  # one rounding apart; log-softmax sums 3 more zeros.
+  tolerance.assert_close(logits[..., :V], want, 2, name="real logits")
+  tolerance.assert_close(jax.nn.log_softmax(logits)[..., :V], jax.nn.log_softmax(want), 4,
+                         name="log-softmax")
+  # The public forward returns the checkpoint's vocabulary.
+  out = m(input_ids=ids)
+  assert out.shape == (2, 9, V)
+  tolerance.assert_close(out, twin(input_ids=ids), 2, name="forward logits")
+
+
+def test_grpo_logprobs_and_gradients_ignore_padding(padded):
+  """GRPO's packed log-probs and entropies (temperature < 1 too) equal the unpadded
+  model's, and the gradient is finite and leaves the padding rows zero."""
+  import jax
+  from vqathinker_jax.rl import grpo
+  m, twin = padded
+  V = PADDED.text.vocab_size
+  rng = np.random.default_rng(5)
+  prompt = jnp.asarray(rng.integers(0, V, (2, 6)))
+  prompt_mask = jnp.asarray([[1] * 6, [1] * 4 + [0] * 2])
+  completions = jnp.asarray(rng.integers(0, V, (2, 2, 4)))
+
+  def loss(params, graphdef, rest):
+    mm = nnx.merge(graphdef, params, rest)
+    logp, ent = grpo.token_logprobs(mm, prompt, prompt_mask, None, completions,
+                                    temperature=0.7, chunk=3)
+    return logp.sum() + ent.sum(), (logp, ent)
+
+  def run(mm):
+    graphdef, params, rest = nnx.split(mm, nnx.Param, ...)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
+        params, graphdef, rest)
+
+  (_, (logp, ent)), grads = run(m)
+  (_, (want_logp, want_ent)), _ = run(twin)
+  assert np.isfinite(logp).all() and np.isfinite(ent).all()
+  tolerance.assert_close(logp, want_logp, 8, name="log-probs")
+  tolerance.assert_close(ent, want_ent, 8, name="entropies")
+  for path, g in nnx.to_flat_state(grads):
+    assert np.isfinite(np.asarray(g[...])).all(), path
+  np.testing.assert_array_equal(np.asarray(grads["llm"]["embed"][...])[V:], 0)
+  if m.llm.lm_head is not None:
+    np.testing.assert_array_equal(np.asarray(grads["llm"]["lm_head"]["kernel"][...])[:, V:], 0)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=1.0), dict(temperature=1e-6), dict(temperature=50.0),
+    dict(temperature=50.0, top_k=509), dict(temperature=50.0, top_k=511),
+    dict(temperature=2.0, top_k=7, top_p=0.9), dict(greedy=True)],
+    ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_sampling_never_draws_padding(settings):
+  """`rollout.sample` on masked padded logits draws what it draws without the padding,
+  even where the real logits are all far below 0 (nearly uniform at high temperature)."""
+  import jax
+  from vqathinker_jax.rl import rollout
+  V, N = PADDED.text.vocab_size, 256
+  real = jax.random.normal(jax.random.key(0), (N, V)) * 3.0 - 1e4
+  logits = jnp.concatenate([real, jnp.full((N, 3), -jnp.inf)], -1)
+  u = rollout.uniforms(jax.random.key(1), N)
+  run = jax.jit(lambda x: rollout.sample(x, None, uniform_N1=u, **settings))
+  tokens, logp = run(logits)
+  want_tokens, want_logp = run(real)
+  assert int(tokens.max()) < V
+  np.testing.assert_array_equal(tokens, want_tokens)
+  # Rounding at the scale of the temperature-scaled logits (the programs may divide by the
+  # temperature differently: a reciprocal multiply in one fusion, a division in another).
+  scale = float(jnp.abs(real).max()) / (1.0 if settings.get("greedy") else settings["temperature"])
+  tolerance.assert_close(logp, want_logp, 4, scale=scale, name="log-probs")
+
+
+def test_rollout_of_padded_model_equals_unpadded(padded):
+  """End to end: prefill and decode read the padded logits, and the completions and their
+  log-probs are those of the unpadded model."""
+  import jax
+  from vqathinker_jax.rl import rollout
+  m, twin = padded
+  V = PADDED.text.vocab_size
+  rng = np.random.default_rng(6)
+  ids = np.asarray(rng.integers(0, V, (2, 5)), np.int32)
+  mask = np.array([[1] * 5, [1] * 3 + [0] * 2], np.int32)
+  kw = dict(rng=jax.random.key(2), num_generations=2, max_new_tokens=6, temperature=3.0,
+            stop_ids=())
+  out = rollout.generate_jit(m, ids, mask, **kw)
+  want = rollout.generate_jit(twin, ids, mask, **kw)
+  assert int(out["tokens_NC"].max()) < V
+  np.testing.assert_array_equal(out["tokens_NC"], want["tokens_NC"])
+  tolerance.assert_close(out["logprobs_NC"], want["logprobs_NC"], 16, name="log-probs")

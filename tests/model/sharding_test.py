@@ -58,6 +58,28 @@ def test_random_init_is_created_sharded(mesh):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_decode_layout_is_whole_over_fsdp_and_split_over_tensor(mesh):
+  """The rollout's decode copy: every matrix in the compute dtype, no dimension on fsdp,
+  the tensor split kept, the values those of the stored parameters; vectors as stored."""
+  m = model.init(TINY, seed=2, mesh=mesh)
+  with jax.set_mesh(mesh):
+    copy = nnx.jit(lambda lm: sharding.decode_layout(lm, jax.numpy.bfloat16))(m.llm)
+  stored = dict(nnx.to_flat_state(nnx.state(m.llm, nnx.Param)))
+  checked = 0
+  for path, var in nnx.to_flat_state(nnx.state(copy, nnx.Param)):
+    arr, want = var[...], stored[path][...]
+    assert "fsdp" not in jax.tree.leaves(tuple(arr.sharding.spec)), path
+    if want.ndim >= 2:
+      checked += 1
+      assert arr.dtype == jax.numpy.bfloat16, path
+      np.testing.assert_array_equal(np.asarray(arr), np.asarray(want.astype(arr.dtype)))
+    else:
+      assert arr.dtype == want.dtype, path
+  assert checked >= 10
+  assert copy.layers[0].gate.kernel[...].sharding.spec == P(None, "tensor")
+  assert copy.layers[0].down.kernel[...].sharding.spec == P("tensor")
+
+
 def test_logical_rules_fall_back_to_replication():
   mesh = sharding.make_mesh((1, 2, 4), jax.devices()[:8])
   # 151674 is not divisible by 4: the vocab axis stays whole rather than failing.

@@ -12,10 +12,9 @@ Legend: T frames, H/W pixels, S square frame side.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import time
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -28,7 +27,7 @@ from vqathinker_jax.text import tokenizer as tok_lib
 
 def open_set(data_dir, name: str, split: str, frames: int, size: int):
   """The TFDS source of eval set ``name``; a clear error if it is not built."""
-  data_dir = pathlib.Path(data_dir)
+  data_dir = epath.Path(data_dir)  # a gs:// data_dir keeps its scheme
   tfds_name = builder.tfds_name(name, frames, size)
   how = (f"build it with: python -m data_pipelines.prepare --name {name} --labels LABELS "
          f"--videos VIDEO_DIR --data_dir {data_dir} --frames {frames} --size {size}")
@@ -56,12 +55,6 @@ def _f32(v) -> float:
   # The shortest decimal that round-trips the stored float32: the label file's 62.4, not
   # 62.400001525878906.
   return float(str(np.float32(v)))
-
-
-def _atomic_text(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
 
 
 def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, out_dir,
@@ -104,7 +97,7 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
   pred = [s.score for s in scored]
   ok = [s.parsed for s in scored]
   texts = [s.text for s in scored]
-  out = pathlib.Path(out_dir)
+  out = epath.Path(out_dir)
   stem = report._safe_name(name)  # pylint: disable=protected-access  # same file names
   paths = dict(json_path=str(out / f"{stem}.json"), png_path=str(out / f"{stem}.png"),
                reasoning_path=str(out / f"{stem}_reasoning.jsonl"))
@@ -113,7 +106,7 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
     lines = [json.dumps(dict(video_id=v, mos=s, label=lb, prediction=p, parse_ok=o, text=t),
                         ensure_ascii=False)
              for v, s, lb, p, o, t in zip(video_ids, mos, labels, pred, ok, texts)]
-    _atomic_text(pathlib.Path(paths["reasoning_path"]), "\n".join(lines) + "\n")
+    report.write_atomic(paths["reasoning_path"], "\n".join(lines) + "\n")
   else:  # the same numbers, without the files
     m = correlation.evaluate(pred, mos)
     m["n_parse_fail"] = n - int(sum(ok))
@@ -132,7 +125,7 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
   per-set files and `summary.json`), prints the summary table and returns the summary:
   {tag, split, frames, size, sets: {name: evaluate_source's dict}, out_dir, summary_path}.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   e = config.eval
   names = [s.strip() for s in e.sets.split(",") if s.strip()]
   if not names:
@@ -160,6 +153,6 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
   summary = report._jsonable(summary)  # pylint: disable=protected-access  # NaN -> null
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    report.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
     print(report.summary_table(reports.values()))
   return summary

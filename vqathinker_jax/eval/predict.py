@@ -12,6 +12,7 @@ import math
 import pathlib
 from typing import Iterable, Iterator, NamedTuple
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,7 +161,7 @@ def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: in
   return [results.get(i) or errors[i] for i in range(len(videos))]
 
 
-def run(config, workdir: pathlib.Path) -> dict:
+def run(config, workdir) -> dict:
   """`mode='predict'`: score `config.predict.videos` with `config.model.checkpoint`; writes
   `predictions.json` to ``workdir`` and prints one line per video."""
   import json
@@ -179,9 +180,11 @@ def run(config, workdir: pathlib.Path) -> dict:
     preds = predict(m, tokenizer, paths, frames=c.frames, size=c.size,
                     max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                     prompt_layout=c.prompt_layout, train_selection=c.train_selection)
+  workdir = epath.Path(workdir)  # gs:// keeps its scheme
   workdir.mkdir(parents=True, exist_ok=True)
   out = workdir / "predictions.json"
-  out.write_text(json.dumps([dataclasses.asdict(p) for p in preds], indent=2, ensure_ascii=False))
+  report.write_atomic(out, json.dumps([dataclasses.asdict(p) for p in preds], indent=2,
+                                      ensure_ascii=False))
   for p in preds:
     print(f"{p.video}\tERROR\t{p.error}" if p.error else
           f"{p.video}\t{p.score:.2f}\t{' '.join(p.text.split())}")

@@ -7,14 +7,15 @@ set and nothing needs a display.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import pathlib
 import re
 import tempfile
 from typing import Any, Iterable, Sequence
 
+from etils import epath
 import numpy as np
 
 from vqathinker_jax.eval import correlation
@@ -55,8 +56,15 @@ def _jsonable(v: Any) -> Any:
   return v
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  # A crash mid-write must not leave a truncated report that looks valid.
+def write_atomic(path, data: bytes | str) -> None:
+  """Writes the whole file or nothing: a crash mid-write must not leave a truncated report
+  that looks valid. Local disks: a temporary file renamed over ``path``. Object stores
+  (`gs://`, through epath): one upload, which is atomic already and has no cheap rename."""
+  path = epath.Path(path)
+  data = data.encode("utf-8") if isinstance(data, str) else data
+  if "://" in os.fspath(path):
+    path.write_bytes(data)
+    return
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
     with os.fdopen(fd, "wb") as f:
@@ -74,7 +82,7 @@ def _safe_name(name: str) -> str:
   return safe
 
 
-def _plot_png(path: pathlib.Path, name: str, pred: np.ndarray, mos: np.ndarray,
+def _plot_png(path: epath.Path, name: str, pred: np.ndarray, mos: np.ndarray,
               parse_ok: np.ndarray, m: dict[str, Any]) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -99,9 +107,9 @@ def _plot_png(path: pathlib.Path, name: str, pred: np.ndarray, mos: np.ndarray,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="best")
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp")
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
+  write_atomic(path, png.getvalue())
 
 
 def write_report(out_dir, dataset_name: str, video_ids: Sequence[str],
@@ -133,13 +141,12 @@ def write_report(out_dir, dataset_name: str, video_ids: Sequence[str],
                   "parse_ok": bool(o), "text": "" if t is None else str(t)}
                  for v, p, s, o, t in zip(video_ids, pred, mos_a, ok, texts)],
   }
-  out = pathlib.Path(out_dir)
+  out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   stem = _safe_name(dataset_name)
   json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
   report = _jsonable(report)
-  _atomic_write(json_path, json.dumps(report, indent=1, ensure_ascii=False,
-                                      allow_nan=False).encode("utf-8"))
+  write_atomic(json_path, json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False))
   _plot_png(png_path, str(dataset_name), pred, mos_a, ok, m)
   return {**report, "json_path": str(json_path), "png_path": str(png_path)}
 

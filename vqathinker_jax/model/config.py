@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
 from vqathinker_jax.model.slowfast import SlowFastConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -46,6 +47,20 @@ class TextConfig:
   rope_theta: float = 1_000_000.0
   max_position_embeddings: int = 32768
   tie_word_embeddings: bool = False
+  vocab_multiple: int = 128      # stored vocabulary rounded up to this (`padded_vocab_size`)
+
+  def __post_init__(self):
+    if self.vocab_multiple < 1:
+      raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the stored embedding and LM head: `vocab_size` rounded up to
+    `vocab_multiple`, so the vocabulary splits over the mesh's `tensor` axis (151,674
+    divides by neither 4 nor 8; 151,680 does). The extra ids never show: their logits are
+    -inf (`llm.Qwen2.logits`), and checkpoints are read and written at `vocab_size`
+    (`hf_checkpoint`)."""
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +73,21 @@ class ModelConfig:
   motion: SlowFastConfig | None = None  # VQAThinker's motion branch (None: plain InternVL3)
   dtype: str = "float32"           # compute dtype
   param_dtype: str = "float32"     # storage dtype of parameters
+  # Attention kernel (`attention_kernels.IMPLEMENTATIONS`): auto = splash on TPU, cuDNN on
+  # NVIDIA GPUs (bfloat16/float16), XLA otherwise; or xla | splash | cudnn.
+  attention: str = "auto"
+  # Decoder layers as one `lax.scan` over their stacked weights in cache-less passes (the
+  # update, reference and SFT): XLA compiles one layer instead of every layer.
+  scan_layers: bool = False
 
   def __post_init__(self):
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; expected one of "
                          f"{sorted(DTYPES)}")
+    if self.attention not in IMPLEMENTATIONS:
+      raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of "
+                       f"{IMPLEMENTATIONS}")
     if self.downsample_ratio != 0.5:
       raise ValueError(f"downsample_ratio={self.downsample_ratio}: only 0.5 (InternVL3) "
                        "is supported")

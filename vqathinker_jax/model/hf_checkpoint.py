@@ -9,6 +9,8 @@ Two layouts exist in the wild:
          `vision_model.*` with fused `attn.qkv`, `mlp1.{0,1,3}`, `language_model.*`.
 Loading reads one tensor at a time and places it on the mesh, so host memory peaks at
 about the largest tensor, not the model. Export always writes the "hf" layout.
+Checkpoints hold `vocab_size` embedding and LM-head rows; we store
+`TextConfig.padded_vocab_size` (`VOCAB_AXES`): loading pads with zeros, export cuts them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import json
 import math
 import os
 import pathlib
-import shutil
+import tempfile
 from typing import Callable, Iterator
 
+from etils import epath
 import jax
 import numpy as np
 from flax import nnx
@@ -55,6 +58,9 @@ FROM_OURS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pos": lambda t: t[None],
     "conv3d": lambda t: t.transpose(4, 3, 0, 1, 2),
 }
+# Our vocabulary-indexed parameters -> their vocabulary axis, stored padded to
+# `TextConfig.padded_vocab_size` (so it splits over `tensor`); checkpoints hold `vocab_size`.
+VOCAB_AXES = {"llm.embed": 0, "llm.lm_head.kernel": 1}
 # transformers' in-memory names -> the names its save_pretrained writes.
 HF_ALIASES = (("model.vision_tower.", "vision_tower."),
               ("model.multi_modal_projector.", "multi_modal_projector."),
@@ -141,7 +147,8 @@ def _image_token_from_tokenizer(path: pathlib.Path) -> int | None:
 def config_from_hf(config: dict, *, has_lm_head: bool,
                    motion: slowfast.SlowFastConfig | None = None,
                    path: pathlib.Path | None = None, dtype: str = "float32",
-                   param_dtype: str = "float32", image_token_id: int | None = None) -> ModelConfig:
+                   param_dtype: str = "float32", image_token_id: int | None = None,
+                   attention: str = "auto", scan_layers: bool = False) -> ModelConfig:
   """ModelConfig from a config.json of either layout.
 
   Tying is decided by the tensors (an lm_head present means untied): transformers'
@@ -172,7 +179,8 @@ def config_from_hf(config: dict, *, has_lm_head: bool,
     raise CheckpointError("a list of vision_feature_layer indices is not supported")
   return ModelConfig(vision=vision, text=text, image_token_id=int(token), motion=motion,
                      downsample_ratio=config.get("downsample_ratio", 0.5),
-                     vision_feature_layer=int(feature_layer), dtype=dtype, param_dtype=param_dtype)
+                     vision_feature_layer=int(feature_layer), dtype=dtype, param_dtype=param_dtype,
+                     attention=attention, scan_layers=scan_layers)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -396,6 +404,27 @@ def _converted_shape(shape: tuple[int, ...], kind: str, part) -> tuple[int, ...]
   return _convert(np.empty(shape, np.bool_), kind, part).shape
 
 
+def _checkpoint_shape(ours: str, shape, cfg: ModelConfig) -> tuple[int, ...]:
+  """Our parameter's ``shape`` as a checkpoint holds it: the vocabulary padding cut."""
+  shape = list(shape)
+  if ours in VOCAB_AXES:
+    shape[VOCAB_AXES[ours]] = cfg.text.vocab_size
+  return tuple(shape)
+
+
+def _zero_padded(arr: np.ndarray, shape) -> Callable:
+  """A `jax.make_array_from_callback` reader of ``arr`` zero-padded at the end of each
+  axis to ``shape``, shard by shard (no padded copy of the whole on the host)."""
+  def read(idx):
+    box = [range(*s.indices(n)) for s, n in zip(idx, shape)]
+    out = np.zeros([len(r) for r in box], arr.dtype)
+    have = [max(0, min(r.stop, n) - r.start) for r, n in zip(box, arr.shape)]
+    out[tuple(slice(0, h) for h in have)] = arr[tuple(slice(r.start, r.start + h)
+                                                      for r, h in zip(box, have))]
+    return out
+  return read
+
+
 def motion_config(config: dict, stored_shapes: dict[str, tuple]) -> slowfast.SlowFastConfig | None:
   """The motion branch's config when the checkpoint has one (`motion_mlp.*` or SlowFast
   tensors): our `vqathinker_motion` entry if config.json has it, else the reference's (docs/method.md §1), with the
@@ -417,7 +446,8 @@ def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=None,
          rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
-         slowfast_weights=None, seed: int = 0):
+         slowfast_weights=None, seed: int = 0, attention: str = "auto",
+         scan_layers: bool = False):
   """(model, cfg) from a local checkpoint directory; see `model.from_pretrained`."""
 
   path = pathlib.Path(path)
@@ -438,7 +468,8 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
   cfg = config_from_hf(config, has_lm_head="language_model.lm_head.weight" in stored,
                        motion=motion_config(config, {k: files.shape(v) for k, v in stored.items()}),
                        path=path, dtype=dtype, param_dtype=param_dtype,
-                       image_token_id=image_token_id)
+                       image_token_id=image_token_id, attention=attention,
+                       scan_layers=scan_layers)
   wmap = weight_map(cfg, layout)
   fresh = {}
   if cfg.motion is not None and not any(k.startswith(MOTION_PREFIX) for k in stored):
@@ -471,9 +502,10 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
       raise CheckpointError(f"no checkpoint tensor maps to parameter {ours}")
     key, kind, part = wmap[ours]
     got = _converted_shape(files.shape(stored[key]), kind, part)
-    if got != tuple(var.shape):
+    want = _checkpoint_shape(ours, var.shape, cfg)
+    if got != want:
       raise CheckpointError(f"tensor {stored[key]} has shape {files.shape(stored[key])}, which "
-                            f"gives {got} for {ours}; the config implies {tuple(var.shape)}")
+                            f"gives {got} for {ours}; the config implies {want}")
 
   last: tuple[str, np.ndarray] | None = None  # fused qkv is read once for q, k and v
   def read(key):
@@ -493,7 +525,9 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
       if not np.isfinite(arr).all():
         raise CheckpointError(f"tensor {stored[key]} holds NaN or Inf values")
     sh = flat_shardings[path_t].get_value()
-    leaves[path_t] = var.replace(jax.make_array_from_callback(arr.shape, sh, lambda idx, a=arr: a[idx]))
+    reader = ((lambda idx, a=arr: a[idx]) if arr.shape == var.shape else
+              _zero_padded(arr, var.shape))  # the vocabulary padding (`VOCAB_AXES`)
+    leaves[path_t] = var.replace(jax.make_array_from_callback(var.shape, sh, reader))
   state = nnx.from_flat_state(leaves)
   return nnx.merge(graphdef, state), cfg
 
@@ -519,6 +553,21 @@ def _shards(items: list[tuple[str, int]], max_bytes: int) -> Iterator[list[str]]
     yield group
 
 
+def _write_safetensors(tensors: dict, dest) -> None:
+  """A crash never leaves a half-written file under the real name: locally a temporary file
+  renamed; for gs:// a local file (safetensors writes only local files) uploaded whole."""
+  dest = epath.Path(dest)
+  if "://" not in os.fspath(dest):
+    tmp = dest.parent / (dest.name + ".tmp")
+    save_file(tensors, os.fspath(tmp), metadata={"format": "pt"})
+    os.replace(tmp, dest)
+    return
+  with tempfile.TemporaryDirectory(prefix="vqathinker-export-") as d:
+    local = os.path.join(d, dest.name)
+    save_file(tensors, local, metadata={"format": "pt"})
+    epath.Path(local).copy(dest, overwrite=True)
+
+
 def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
          dtype: str | None = None, tokenizer_from=None) -> None:
   """Write ``m`` in the transformers layout (config.json + safetensors, sharded past
@@ -527,7 +576,7 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   ``dtype`` converts on the way out (default: the parameter dtype); ``tokenizer_from``
   copies tokenizer files from a source checkpoint directory.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # a local directory or gs://...
   out_dtype = np.dtype(DTYPES[dtype or cfg.param_dtype])
   wmap = weight_map(cfg, "hf")
   flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m))}
@@ -535,7 +584,8 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   if extra:
     raise CheckpointError(f"parameters with no transformers name: {', '.join(extra[:10])}")
   order = sorted(wmap, key=lambda o: wmap[o][0])
-  sizes = [(o, math.prod(flat[o].shape) * out_dtype.itemsize) for o in order]
+  shapes = {o: _checkpoint_shape(o, flat[o].shape, cfg) for o in order}  # padding cut
+  sizes = [(o, math.prod(shapes[o]) * out_dtype.itemsize) for o in order]
   groups = list(_shards(sizes, max_shard_bytes))
   writer = jax.process_index() == 0
   if writer:
@@ -547,12 +597,11 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
     tensors = {}
     for ours in group:
       key, kind, _ = wmap[ours]
-      tensors[key] = np.ascontiguousarray(FROM_OURS[kind](_host_array(flat[ours][...]))).astype(out_dtype)
+      host = _host_array(flat[ours][...])[tuple(slice(0, n) for n in shapes[ours])]
+      tensors[key] = np.ascontiguousarray(FROM_OURS[kind](host)).astype(out_dtype)
       index[key] = name
     if writer:
-      tmp = path / (name + ".tmp")
-      save_file(tensors, str(tmp), metadata={"format": "pt"})
-      os.replace(tmp, path / name)  # a crash never leaves a half-written file under the real name
+      _write_safetensors(tensors, path / name)
   if not writer:
     return
   if len(groups) > 1:
@@ -565,14 +614,15 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   if tokenizer_from is not None:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                  "added_tokens.json", "special_tokens_map.json", "chat_template.jinja"):
-      src = pathlib.Path(tokenizer_from) / name
+      src = epath.Path(tokenizer_from) / name
       if src.exists():
-        shutil.copy2(src, path / name)
+        src.copy(path / name, overwrite=True)
 
 
 def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
                     rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
-                    slowfast_weights=None, seed: int = 0):
+                    slowfast_weights=None, seed: int = 0, attention: str = "auto",
+                    scan_layers: bool = False):
   """Load a local Hugging Face InternVL directory (either layout) onto ``mesh``.
 
   Returns ``(model, cfg)``. ``dtype`` is the compute dtype; parameters are stored in
@@ -580,11 +630,13 @@ def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
   `slowfast_model.*` tensors (the VQAThinker release, or our export) loads with its
   motion branch. ``slowfast_weights``: a safetensors file from
   `tools/convert_slowfast.py` that adds (or replaces) SlowFast; a checkpoint without
-  `motion_mlp` then gets a fresh one, initialised from ``seed``.
+  `motion_mlp` then gets a fresh one, initialised from ``seed``. ``attention``:
+  `ModelConfig.attention`, the attention kernel.
   """
   return load(path, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype or dtype),
               mesh=mesh, rules=rules, image_token_id=image_token_id,
-              slowfast_weights=slowfast_weights, seed=seed)
+              slowfast_weights=slowfast_weights, seed=seed, attention=attention,
+              scan_layers=scan_layers)
 
 
 def save_pretrained(m: internvl.InternVL, cfg: ModelConfig, path, **kwargs) -> None:

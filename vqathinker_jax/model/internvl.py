@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax.model import llm, sharding, slowfast
+from vqathinker_jax.model import layers, llm, sharding, slowfast
 from vqathinker_jax.model.config import DTYPES, ModelConfig
 from vqathinker_jax.model.motion import MotionProjector
 from vqathinker_jax.model.vision import VisionTower
@@ -44,7 +44,10 @@ def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False)
     return
   if np.ndim(input_ids) != 2:
     raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
-  concrete = not isinstance(input_ids, jax.core.Tracer)
+  # A global array that spans other processes' devices cannot be read here (multi-host
+  # evaluation): like a tracer, only its shapes are checked.
+  concrete = (not isinstance(input_ids, jax.core.Tracer)
+              and getattr(input_ids, "is_fully_addressable", True))
   slots_B = (np.asarray(input_ids) == cfg.image_token_id).sum(1) if concrete else None
   if pixel_values is None:
     if concrete and slots_B.sum():
@@ -84,7 +87,8 @@ class InternVL(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.vision = VisionTower(cfg, rngs)
-    self.llm = llm.Qwen2(cfg.text, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.llm = llm.Qwen2(cfg.text, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
+                         attention=cfg.attention, scan_layers=cfg.scan_layers)
     if cfg.motion is not None:
       dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
       self.slowfast = slowfast.SlowFast(cfg.motion, dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -144,12 +148,15 @@ class InternVL(nnx.Module):
       attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
     x_BTD = self.embed(input_ids_BT, pixel_values, train)
     h_BTD, _ = self.llm(x_BTD, llm.positions_from_mask(attention_mask_BT),
-                        llm.causal_mask(attention_mask_BT))
-    return sharding.constrain_batch(self.llm.logits(h_BTD))
+                        layers.CausalMask(attention_mask_BT))
+    # The public logits are the checkpoint's vocabulary: the padding ids are cut off.
+    logits_BTV = self.llm.logits(h_BTD)[..., :self.cfg.text.vocab_size]
+    return sharding.constrain_batch(logits_BTV)
 
   def __call__(self, input_ids, pixel_values=None, attention_mask=None, *,
                train: bool = False) -> jax.Array:
-    """Logits [B, T, V] (float32). Right-padded batches: pass `attention_mask`.
+    """Logits [B, T, V] (float32), V = `cfg.text.vocab_size` (the stored padding cut off;
+    `llm.Qwen2.logits` keeps it). Right-padded batches: pass `attention_mask`.
 
     ``pixel_values``: [N, H, W, 3] frames in order of appearance, or [B, T, H, W, 3]
     videos (the motion token needs these). ``train`` picks SlowFast's training frame

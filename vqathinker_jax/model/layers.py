@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
-from vqathinker_jax.model import sharding
+from vqathinker_jax.model import attention_kernels, sharding
 
 INIT_STD = 0.02
 
@@ -130,12 +130,42 @@ class PrefixGroupMask:
             | (i == j)[None])
 
 
+@struct.dataclass
+class CausalMask:
+  """Causal self-attention over valid keys (T = S): query t sees the keys s <= t with
+  ``valid_BT[s]``, the pattern `llm.causal_mask` builds as an array, stated by its
+  structure so that a kernel skips the blocks above the diagonal. cuDNN reads the padding
+  as lengths: valid tokens must come first in each row (right padding, as every caller's)."""
+  valid_BT: jax.Array
+
+  def dense(self) -> jax.Array:
+    """The same pattern as a boolean [B, T, T] array."""
+    T = self.valid_BT.shape[1]
+    return jnp.tril(jnp.ones((T, T), bool))[None] & self.valid_BT.astype(bool)[:, None, :]
+
+
 def attention(q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array,
-              mask_BTS: jax.Array | PrefixGroupMask | None, scale: float) -> jax.Array:
+              mask_BTS: jax.Array | CausalMask | PrefixGroupMask | None, scale: float,
+              implementation: str = "xla") -> jax.Array:
   """Softmax attention with grouped KV heads (H a multiple of K); float32 softmax.
-  ``mask_BTS``: a boolean [B, T, S] array, a `PrefixGroupMask` (T = S = L), or None."""
+  ``mask_BTS``: a boolean [B, T, S] array, a `CausalMask` or `PrefixGroupMask` (T = S),
+  or None. ``implementation`` (`attention_kernels.IMPLEMENTATIONS`): XLA, or for the
+  structured masks and None a memory-efficient kernel (splash, cuDNN; 'auto' by
+  platform); array masks always take XLA. The kernels agree with XLA on every row but
+  padded prompt queries of a `PrefixGroupMask` (see `attention_kernels`)."""
+  structured = isinstance(mask_BTS, (CausalMask, PrefixGroupMask))
+  T, S = q_BTHE.shape[1], k_BSKE.shape[1]
+  if structured and S != T:
+    raise ValueError(f"a {type(mask_BTS).__name__} is self-attention: {T} queries but "
+                     f"{S} keys")
+  if structured or (mask_BTS is None and S == T):
+    impl = attention_kernels.resolve(implementation, q_BTHE.dtype, q_BTHE.shape[-1])
+    if impl != "xla":
+      return _kernel_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, scale, impl)
   if isinstance(mask_BTS, PrefixGroupMask):
     return _prefix_group_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, scale)
+  if isinstance(mask_BTS, CausalMask):
+    mask_BTS = mask_BTS.dense()
   B, T, H, E = q_BTHE.shape
   K = k_BSKE.shape[2]
   q_BTKGE = q_BTHE.reshape(B, T, K, H // K, E)
@@ -147,6 +177,27 @@ def attention(q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array,
   probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKE.dtype)
   out_BTKGE = jnp.einsum("bkgts,bske->btkge", probs_BKGTS, v_BSKE)
   return out_BTKGE.reshape(B, T, H, E)
+
+
+def _kernel_pattern(mask, B: int, T: int):
+  """(valid keys [B, T] or None, the pattern's keywords) of ``mask`` (a `CausalMask`, a
+  `PrefixGroupMask` or None) for `attention_kernels`."""
+  if isinstance(mask, PrefixGroupMask):
+    P = mask.prompt_valid_BP.shape[1]
+    valid_BT = jnp.concatenate([mask.prompt_valid_BP.astype(bool), jnp.ones((B, T - P), bool)], 1)
+    return valid_BT, dict(causal=True, groups=(mask.groups, mask.group_len))
+  return (None if mask is None else mask.valid_BT), dict(causal=mask is not None, groups=None)
+
+
+def _kernel_attention(q_BTHE, k_BSKE, v_BSKE, mask, scale: float, impl: str):
+  """`attention` by `attention_kernels`' splash or cuDNN (``impl``), ``mask`` a
+  `CausalMask`, a `PrefixGroupMask` or None."""
+  valid_BS, kw = _kernel_pattern(mask, *q_BTHE.shape[:2])
+  if impl == "splash":
+    interpret = attention_kernels.target()[0] != "tpu"
+    return attention_kernels.splash_attention(q_BTHE, k_BSKE, v_BSKE, valid_BS, scale,
+                                              interpret=interpret, **kw)
+  return attention_kernels.cudnn_attention(q_BTHE, k_BSKE, v_BSKE, valid_BS, scale, **kw)
 
 
 def _prefix_group_attention(q_BLHE, k_BLKE, v_BLKE, m: PrefixGroupMask, scale: float):

@@ -4,7 +4,8 @@ One decoder layer serves every pass: a plain causal pass, cached prefill, packed
 block-masked sequences (`__call__`, with a mask over key slots) and the rollout's
 one-token decode over a shared prompt block (`decode`).
 Legend: B batch, T query tokens, S key slots, D width, H query heads, K KV heads,
-E head dim, F MLP width, V vocabulary.
+E head dim, F MLP width, V vocabulary as stored (`TextConfig.padded_vocab_size`: ids past
+`vocab_size` are padding, masked in `Qwen2.logits`).
 """
 
 from __future__ import annotations
@@ -66,14 +67,14 @@ def apply_rope(x_BTHE: jax.Array, positions_BT: jax.Array, theta: float) -> jax.
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
     D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q = layers.Dense(D, H * E, ("embed", "q_heads"), bias=True, **kw)
     self.k = layers.Dense(D, K * E, ("embed", "kv_heads"), bias=True, **kw)
     self.v = layers.Dense(D, K * E, ("embed", "kv_heads"), bias=True, **kw)
     self.o = layers.Dense(H * E, D, ("q_heads", "embed"), bias=False, **kw)
-    self.cfg = cfg
+    self.cfg, self.implementation = cfg, attention  # `layers.attention`'s implementation
 
   def project(self, x_BTD, cos_BTE, sin_BTE):
     """q [B, T, H, E] and k, v [B, T, K, E] of ``x_BTD``, RoPE (`rope_cos_sin`) on q, k."""
@@ -95,7 +96,8 @@ class Attention(nnx.Module):
       k_BSKE, v_BSKE = cache["k"].astype(q_BTHE.dtype), cache["v"].astype(q_BTHE.dtype)
     else:
       k_BSKE, v_BSKE = k_BTKE, v_BTKE
-    out_BTHE = layers.attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, E ** -0.5)
+    out_BTHE = layers.attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, E ** -0.5,
+                                self.implementation)
     return self.o(out_BTHE.reshape(B, T, H * E)), cache
 
   def decode(self, x_N1D, cos_N1E, sin_N1E, prompt_kv, prompt_valid_BP, kv, slot):
@@ -117,12 +119,12 @@ class Attention(nnx.Module):
 
 class DecoderLayer(nnx.Module):
 
-  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
     D, F = cfg.hidden_size, cfg.intermediate_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.input_norm = layers.RMSNorm(D, cfg.rms_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
     self.post_norm = layers.RMSNorm(D, cfg.rms_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
-    self.attn = Attention(cfg, **kw)
+    self.attn = Attention(cfg, **kw, attention=attention)
     self.gate = layers.Dense(D, F, ("embed", "mlp"), bias=False, **kw)
     self.up = layers.Dense(D, F, ("embed", "mlp"), bias=False, **kw)
     self.down = layers.Dense(F, D, ("mlp", "embed"), bias=False, **kw)
@@ -146,16 +148,20 @@ class DecoderLayer(nnx.Module):
 class Qwen2(nnx.Module):
   """Token embedding, decoder layers, final norm and LM head."""
 
-  def __init__(self, cfg: TextConfig, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+  def __init__(self, cfg: TextConfig, *, dtype: str, param_dtype: str, rngs: nnx.Rngs,
+               attention: str = "auto", scan_layers: bool = False):
     dt, pdt = DTYPES[dtype], DTYPES[param_dtype]
-    self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), pdt, ("vocab", "embed"))
-    self.layers = nnx.List([DecoderLayer(cfg, dtype=dt, param_dtype=pdt, rngs=rngs)
+    V, D = cfg.padded_vocab_size, cfg.hidden_size
+    self.embed = layers.param(rngs, (V, D), pdt, ("vocab", "embed"),
+                              _real_vocab_init(cfg.vocab_size, axis=0))
+    self.layers = nnx.List([DecoderLayer(cfg, dtype=dt, param_dtype=pdt, rngs=rngs,
+                                         attention=attention)
                             for _ in range(cfg.num_layers)])
     self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "norm", dtype=dt, param_dtype=pdt)
     self.lm_head = (None if cfg.tie_word_embeddings else
-                    layers.Dense(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
-                                 dtype=dt, param_dtype=pdt, rngs=rngs))
-    self.cfg, self.dtype = cfg, dt
+                    layers.Dense(D, V, ("embed", "vocab"), bias=False, dtype=dt, param_dtype=pdt,
+                                 rngs=rngs, kernel_init=_real_vocab_init(cfg.vocab_size, axis=1)))
+    self.cfg, self.dtype, self.scan_layers = cfg, dt, scan_layers
 
   def embed_tokens(self, ids_BT: jax.Array) -> jax.Array:
     return jnp.take(self.embed[...], ids_BT, axis=0).astype(self.dtype)
@@ -167,6 +173,8 @@ class Qwen2(nnx.Module):
     if cache is None:
       if remat not in REMAT_POLICIES:
         raise ValueError(f"remat {remat!r} not in {tuple(REMAT_POLICIES)}")
+      if self.scan_layers:
+        return self.norm(self._scan(x_BTD, positions_BT, mask_BTS, remat)), None
       call = lambda layer, x: layer(x, positions_BT, mask_BTS)[0]
       if remat != "off":
         call = nnx.remat(call, policy=REMAT_POLICIES[remat])
@@ -178,6 +186,23 @@ class Qwen2(nnx.Module):
       x_BTD, c = layer(x_BTD, positions_BT, mask_BTS, cache[i], cache_index)
       new_cache.append(c)
     return self.norm(x_BTD), new_cache
+
+  def _scan(self, x_BTD, positions_BT, mask_BTS, remat: str):
+    """The cache-less layer loop as one `lax.scan` over the layers' weights stacked on a
+    leading axis (a copy per pass, each stored layer's gradient from its slice): XLA
+    compiles and schedules one layer, not ``num_layers``. The same arithmetic as the
+    loop; summation order aside, the same values."""
+    splits = [nnx.split(layer) for layer in self.layers]
+    graphdef = splits[0][0]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+
+    def layer_fn(state, x_BTD):
+      return nnx.merge(graphdef, state)(x_BTD, positions_BT, mask_BTS)[0]
+
+    if remat != "off":
+      layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    x_BTD, _ = jax.lax.scan(lambda x, state: (layer_fn(state, x), None), x_BTD, stacked)
+    return x_BTD
 
   def decode(self, token_N, position_N, prompt_cache, prompt_valid_BP, cache, slot,
              rope_table):
@@ -201,8 +226,27 @@ class Qwen2(nnx.Module):
     return self.logits(self.norm(x_N1D))[:, 0], new_cache
 
   def logits(self, h_BTD: jax.Array) -> jax.Array:
+    """Float32 logits [B, T, V] over the stored (padded) vocabulary, -inf at the padding
+    ids: softmax gives them no mass and no sampler can draw them, and the tensor-split
+    vocabulary axis is never resliced. `InternVL.forward` returns `vocab_size` columns."""
     if self.lm_head is None:
       out = jnp.einsum("btd,vd->btv", h_BTD, self.embed[...].astype(self.dtype))
     else:
       out = self.lm_head(h_BTD)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    V = out.shape[-1]
+    if V == self.cfg.vocab_size:
+      return out
+    # -inf rather than a large finite value: exp gives exactly 0, it survives any
+    # temperature, and the rollout's top-k search from the row minimum stays as short.
+    return jnp.where(jnp.arange(V) < self.cfg.vocab_size, out, -jnp.inf)
+
+
+def _real_vocab_init(vocab_size: int, axis: int):
+  """`layers.param`'s normal init with the padding ids (past ``vocab_size`` on ``axis``)
+  zero; without padding, the values the plain normal init gives."""
+  def init(key, shape):
+    x = layers.INIT_STD * jax.random.normal(key, shape, jnp.float32)
+    real = jnp.arange(shape[axis]) < vocab_size
+    return jnp.where(real[:, None] if axis == 0 else real[None, :], x, 0.0)
+  return init

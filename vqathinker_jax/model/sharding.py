@@ -34,6 +34,13 @@ DEFAULT_RULES: dict[str, str | None] = {
 }
 
 
+# The rollout's decode layout (`decode_layout`): parameters whole over `fsdp`, still split
+# over `tensor`. Decoding feeds one token per row, so on the training layout each step
+# would all-gather every fsdp-split matrix again (XLA cannot hoist it out of the loop).
+DECODE_RULES: dict[str, str | None] = {k: (None if v == "fsdp" else v)
+                                       for k, v in DEFAULT_RULES.items()}
+
+
 def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one entry may be -1 (the rest of the devices).
@@ -105,6 +112,30 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh,
     return var.replace(NamedSharding(mesh, logical_to_spec(axes, var.shape, mesh, rules)))
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def decode_layout(module: nnx.Module, dtype) -> nnx.Module:
+  """A copy of ``module`` for a decode loop (traceable; made once, outside the loop):
+  matrices cast to ``dtype`` (what the layers compute in, so results are unchanged) and
+  every parameter placed by `DECODE_RULES` on the mesh in context. Without a mesh, only
+  the cast. Costs one ``dtype`` copy of the module per `tensor` shard."""
+  mesh = jax.sharding.get_abstract_mesh()
+  graphdef, state = nnx.split(module)
+
+  def one(var):
+    if not isinstance(var, nnx.Param):
+      return var
+    value = var[...]
+    if value.ndim >= 2:  # vectors (norm scales, biases) are tiny and kept as stored
+      value = value.astype(dtype)
+    if not mesh.empty:
+      axes = var.get_metadata().get("out_sharding") or (None,) * value.ndim
+      value = jax.lax.with_sharding_constraint(
+          value, logical_to_spec(axes, value.shape, mesh, DECODE_RULES))
+    return var.replace(value)
+
+  state = jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, state)
 
 
 def batch_axes() -> tuple[str, ...]:

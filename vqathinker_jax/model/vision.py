@@ -65,7 +65,7 @@ def pixel_shuffle(x_NhwC: jax.Array) -> jax.Array:
 
 class VisionAttention(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
     C = cfg.hidden_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q = layers.Dense(C, C, ("vit_embed", "vit_heads"), bias=cfg.qkv_bias, **kw)
@@ -77,7 +77,7 @@ class VisionAttention(nnx.Module):
       self.k_norm = layers.RMSNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype, param_dtype=param_dtype)
     else:
       self.q_norm = self.k_norm = None
-    self.num_heads = cfg.num_heads
+    self.num_heads, self.implementation = cfg.num_heads, attention
 
   def __call__(self, x_NPC: jax.Array) -> jax.Array:
     N, P, C = x_NPC.shape
@@ -86,19 +86,20 @@ class VisionAttention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     E = C // self.num_heads
     split = lambda t: t.reshape(N, P, self.num_heads, E)
-    out = layers.attention(split(q), split(k), split(v), None, E ** -0.5)
+    out = layers.attention(split(q), split(k), split(v), None, E ** -0.5, self.implementation)
     return self.proj(out.reshape(N, P, C))
 
 
 class VisionBlock(nnx.Module):
   """Pre-norm block with layer-scale: x += ls1*attn(norm1 x); x += ls2*mlp(norm2 x)."""
 
-  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
     C, F = cfg.hidden_size, cfg.intermediate_size
     norm = functools.partial(layers.make_norm, cfg.norm_type, C, cfg.layer_norm_eps, "norm",
                              dtype=dtype, param_dtype=param_dtype)
     self.norm1, self.norm2 = norm(), norm()
-    self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                attention=attention)
     self.ls1 = layers.param(rngs, (C,), param_dtype, ("norm",), cfg.layer_scale_init)
     self.ls2 = layers.param(rngs, (C,), param_dtype, ("norm",), cfg.layer_scale_init)
     kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -115,7 +116,8 @@ class VisionBlock(nnx.Module):
 class InternViT(nnx.Module):
   """Patch embedding + CLS + learned positions + blocks. Returns patch tokens [N, P, C]."""
 
-  def __init__(self, cfg: VisionConfig, feature_layer: int, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: VisionConfig, feature_layer: int, *, dtype, param_dtype, rngs,
+               attention: str = "auto"):
     C, p, g = cfg.hidden_size, cfg.patch_size, cfg.grid
     self.patch_kernel = layers.param(rngs, (p, p, 3, C), param_dtype, (None, None, None, "vit_embed"))
     self.patch_bias = layers.param(rngs, (C,), param_dtype, ("vit_embed",), "zeros")
@@ -126,7 +128,8 @@ class InternViT(nnx.Module):
     if not -num_states <= feature_layer < num_states:
       raise ValueError(f"vision_feature_layer={feature_layer} outside [-{num_states}, {num_states})")
     num_run = feature_layer % num_states
-    self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                        attention=attention)
                             for _ in range(num_run)])
     # transformers' optional final norm is a LayerNorm whatever `norm_type` says.
     self.final_norm = (layers.LayerNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype,
@@ -174,7 +177,8 @@ class VisionTower(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    self.vit = InternViT(cfg.vision, cfg.vision_feature_layer, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.vit = InternViT(cfg.vision, cfg.vision_feature_layer, dtype=dt, param_dtype=pdt,
+                         rngs=rngs, attention=cfg.attention)
     self.mlp1 = Projector(4 * cfg.vision.hidden_size, cfg.text.hidden_size, dtype=dt,
                           param_dtype=pdt, rngs=rngs)
 

@@ -45,6 +45,7 @@ class GRPOConfig:
   temporal: bool = True             # also roll out G perturbed copies per video (docs/method.md §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
   remat: str = "off"                # decoder layers in the backward pass: off | full | save_dots
+  decode_layout: str = "gathered"   # rollout decode weights: gathered (once per step) | train
   micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
   logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
 
@@ -54,6 +55,8 @@ class GRPOConfig:
         ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {LOSS_TYPES}"),
         ("kl_estimator", self.kl_estimator in KL_ESTIMATORS, f"must be one of {KL_ESTIMATORS}"),
         ("remat", self.remat in llm.REMAT_POLICIES, f"must be one of {tuple(llm.REMAT_POLICIES)}"),
+        ("decode_layout", self.decode_layout in rollout.LAYOUTS,
+         f"must be one of {rollout.LAYOUTS}"),
         ("num_generations", self.num_generations >= 2,
          "must be >= 2 (group advantages compare at least two completions per video)"),
         ("num_iterations", self.num_iterations >= 1,
@@ -126,7 +129,10 @@ def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completio
   def one_chunk(h_BKD, tgt_BK):
     logp_BKV = jax.nn.log_softmax(model.llm.logits(h_BKD) / temperature, axis=-1)
     logp_BK = jnp.take_along_axis(logp_BKV, tgt_BK[..., None], axis=-1)[..., 0]
-    entropy_BK = -(jnp.exp(logp_BKV) * logp_BKV).sum(-1)
+    # The vocabulary padding has log-prob -inf (`Qwen2.logits`): it adds 0, not 0 * -inf
+    # (NaN, in the gradient too).
+    finite_BKV = jnp.where(logp_BKV == -jnp.inf, 0.0, logp_BKV)
+    entropy_BK = -(jnp.exp(logp_BKV) * finite_BKV).sum(-1)
     return logp_BK, entropy_BK
 
   _, (logp_nBK, ent_nBK) = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (h_nBKD, tgt_nBK))
@@ -324,6 +330,8 @@ def train_step(graphdef, state, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig
   policy = nnx.merge(graphdef, state.params, state.rest)
   rng_orig, rng_pert = jax.random.split(rng)
   with jax.named_scope("rollout"):
+    # One decode copy of the weights for both rollouts (`rollout.decoder`).
+    sample_kw["lm"] = rollout.decoder(policy, cfg.decode_layout)
     out = rollout.generate(policy, batch["prompt_ids"], batch["prompt_mask"],
                            batch["pixel_values"], rng=rng_orig, num_generations=G, **sample_kw)
   perturbed = None

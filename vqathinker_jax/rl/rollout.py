@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqathinker_jax import model as model_lib
-from vqathinker_jax.model import llm, sharding
+from vqathinker_jax.model import layers, llm, sharding
 from vqathinker_jax.model.config import DTYPES
 
 IM_END_ID = 151645       # <|im_end|>: the chat template's end of turn (docs/method.md §2)
@@ -233,7 +233,7 @@ def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_va
   B, P = ids_BP.shape
   x_BPD = model.embed(ids_BP, pixel_values, train)
   cache = llm.init_cache(model.cfg.text, B, P, DTYPES[model.cfg.dtype])
-  h_BPD, cache = model.llm(x_BPD, llm.positions_from_mask(mask_BP), llm.causal_mask(mask_BP),
+  h_BPD, cache = model.llm(x_BPD, llm.positions_from_mask(mask_BP), layers.CausalMask(mask_BP),
                            cache, 0)
   last_B = jnp.sum(mask_BP, axis=1) - 1
   h_B1D = jnp.take_along_axis(h_BPD, last_B[:, None, None], axis=1)
@@ -246,10 +246,28 @@ def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_va
   return prompt_cache, logits_NV
 
 
+LAYOUTS = ("gathered", "train")
+
+
+def decoder(model: model_lib.InternVL, layout: str = "gathered") -> llm.Qwen2:
+  """The decoder the decode loop reads. ``gathered``: a copy made once (per step, when
+  traced inside one) in the compute dtype, whole over ``fsdp`` and split over ``tensor``
+  (`sharding.decode_layout`), so no step of the loop gathers weights; it costs one
+  compute-dtype decoder per ``tensor`` shard. ``train``: the parameters as stored, which
+  on an fsdp-split mesh XLA re-gathers at every generated token."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+  if layout == "train":
+    return model.llm
+  return sharding.decode_layout(model.llm, DTYPES[model.cfg.dtype])
+
+
 def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP, rng, *,
            max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
-           greedy: bool = False, stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0):
-  """Sample up to ``max_new_tokens`` after `prefill` (see `generate`).
+           greedy: bool = False, stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0,
+           lm: llm.Qwen2 | None = None):
+  """Sample up to ``max_new_tokens`` after `prefill` (see `generate`); the loop reads
+  ``lm`` (default: `decoder` of ``model``).
 
   On a purely data-parallel mesh (only ``data`` splits, so every device holds the whole
   decoder), each device runs the loop over its own videos (`shard_map`): no device waits
@@ -266,12 +284,13 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
                            top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=stop_ids,
                            pad_id=pad_id)
   args = (prompt_cache, logits_NV, attention_mask_BP, uniform_NC1)
+  lm = decoder(model) if lm is None else lm
   mesh = jax.sharding.get_abstract_mesh()
   per_shard = (sharding.batch_axes() == ("data",) and mesh.shape.get("tensor", 1) == 1
                and B % mesh.shape["data"] == 0)
   if not per_shard:
-    return loop(model.llm, *args)
-  graphdef, state = nnx.split(model.llm)
+    return loop(lm, *args)
+  graphdef, state = nnx.split(lm)
   spec, whole = jax.sharding.PartitionSpec("data"), jax.sharding.PartitionSpec()
   local = lambda state, *args: loop(nnx.merge(graphdef, state), *args)
   # No collective inside, so no varying-axes bookkeeping (the loop's zero-initialised
@@ -334,7 +353,8 @@ def _decode_loop(lm: llm.Qwen2, prompt_cache, logits_NV, attention_mask_BP, unif
 def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_values=None, *,
              rng: jax.Array, num_generations: int = 1, max_new_tokens: int,
              temperature=1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0, train: bool = False) -> dict:
+             stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0, train: bool = False,
+             layout: str = "gathered", lm: llm.Qwen2 | None = None) -> dict:
   """Sample G completions per right-padded prompt; pure and traceable (no host transfer).
 
   ``pixel_values`` as `InternVL.embed`: [frames, H, W, 3] or [B, T, H, W, 3]. Static:
@@ -346,27 +366,32 @@ def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_v
     lengths_N    int32, completion lengths (= mask_NC.sum(1))
     stopped_N    bool, whether the row ended with a stop id (else truncated at C)
   Sampling noise depends on ``rng``, the step and the row index only, so it is the same
-  whatever the mesh.
+  whatever the mesh. The prefill reads the parameters as stored; the decode loop reads
+  ``lm``, or `decoder` (``layout``) made here (pass one to share it between calls).
   """
   prompt_cache, logits_NV = prefill(model, input_ids_BT, attention_mask_BT, pixel_values,
                                     num_generations=num_generations, train=train)
   mask_BT = sharding.constrain_batch(jnp.asarray(attention_mask_BT))
   return decode(model, prompt_cache, logits_NV, mask_BT, rng, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                stop_ids=stop_ids, pad_id=pad_id)
+                stop_ids=stop_ids, pad_id=pad_id,
+                lm=decoder(model, layout) if lm is None else lm)
 
 
 def _static(num_generations: int = 1, *, max_new_tokens: int, top_k: int = 0,
             top_p: float = 1.0, greedy: bool = False, stop_ids=DEFAULT_STOP_IDS,
-            pad_id: int = 0, train: bool = False) -> dict:
+            pad_id: int = 0, train: bool = False, layout: str = "gathered") -> dict:
   """The compile-time settings of `generate`, normalised so equal settings hash equal."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
   return dict(num_generations=int(num_generations), max_new_tokens=int(max_new_tokens),
               top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-              stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id), train=bool(train))
+              stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id), train=bool(train),
+              layout=str(layout))
 
 
 _STATIC = ("num_generations", "max_new_tokens", "top_k", "top_p", "greedy", "stop_ids",
-           "pad_id", "train")
+           "pad_id", "train", "layout")
 
 
 @functools.partial(nnx.jit, static_argnames=_STATIC)

@@ -9,8 +9,8 @@ Qwen's pre-tokenizer, so scores are written digit by digit.
 from __future__ import annotations
 
 import json
-import pathlib
 
+from etils import epath
 import tokenizers
 from tokenizers import pre_tokenizers
 
@@ -51,11 +51,13 @@ def build() -> tok_lib.Tokenizer:
   return tok_lib.Tokenizer(backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def save(tok: tok_lib.Tokenizer, out_dir) -> pathlib.Path:
-  """Writes tokenizer.json + tokenizer_config.json (what `tokenizer.load_tokenizer` reads)."""
-  out = pathlib.Path(out_dir)
+def save(tok: tok_lib.Tokenizer, out_dir) -> epath.Path:
+  """Writes tokenizer.json + tokenizer_config.json (what `tokenizer.load_tokenizer` reads),
+  under a local or a gs:// directory."""
+  out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  tok.backend.save(str(out / "tokenizer.json"))
+  # What `backend.save` writes, through epath (`save` takes only local file names).
+  (out / "tokenizer.json").write_text(tok.backend.to_str(pretty=True), encoding="utf-8")
   (out / "tokenizer_config.json").write_text(json.dumps(
       {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
   return out

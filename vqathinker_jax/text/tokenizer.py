@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
+from etils import epath
 import numpy as np
 import tokenizers
 
@@ -130,11 +130,11 @@ def from_vocab_merges(vocab: dict[str, int], merges: list[tuple[str, str]],
 def load_tokenizer(path) -> Tokenizer:
   """The tokenizer of a checkpoint directory (``tokenizer.json``, else ``vocab.json`` +
   ``merges.txt`` with added tokens from ``tokenizer_config.json`` / ``added_tokens.json``)."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # a workdir's demo tokenizer may be under gs://
   config_file = path / "tokenizer_config.json"
   config = json.loads(config_file.read_text()) if config_file.exists() else {}
   if (path / "tokenizer.json").exists():
-    backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    backend = tokenizers.Tokenizer.from_str((path / "tokenizer.json").read_text(encoding="utf-8"))
   elif (path / "vocab.json").exists() and (path / "merges.txt").exists():
     vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
     merges = [tuple(line.split(" ")) for line in

@@ -19,7 +19,10 @@ S frame side, V vocabulary.
 
 from __future__ import annotations
 
+import collections
 import json
+import math
+import re
 import time
 
 # v5p-N has N/2 chips (two TensorCores each, one "megacore" device), 4 chips per host.
@@ -148,11 +151,112 @@ def lower(config, mesh, program: str):
         return rollout.generate(policy, ids, mask, pix, rng=rng, num_generations=G,
                                 max_new_tokens=C, temperature=gcfg.temperature,
                                 top_k=gcfg.top_k, top_p=gcfg.top_p,
-                                stop_ids=tuple(gcfg.stop_ids), train=True)
+                                stop_ids=tuple(gcfg.stop_ids), train=True,
+                                layout=gcfg.decode_layout)
       fn = jax.jit(fn)
       args = (state, split(B, P, dtype=jnp.int32), split(B, P, dtype=jnp.int32),
               split(B, T, S, S, 3, dtype=jnp.float32), key)
     return fn.lower(*args)
+
+
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+               "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+# Ops that pass a value through (a gathered parameter may be copied or re-laid out first).
+_PASS_THROUGH = ("copy", "bitcast", "convert", "reshape", "transpose", "copy-done", "copy-start")
+
+
+def _array_bytes(type_text: str) -> int:
+  """Bytes of every array in an HLO type, e.g. '(bf16[64,128]{1,0}, f32[2])'."""
+  total = 0
+  for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text):
+    total += _ITEM_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+  return total
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+  comps, name = {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      name = head.group(1)
+      comps[name] = []
+    elif line.rstrip() == "}":  # not "}}, ...": a custom call's config may span lines
+      name = None
+    elif name is not None:
+      comps[name].append(line.strip())
+  return comps
+
+
+def loop_collectives(hlo_text: str) -> list[dict]:
+  """Per iteration of each `while` loop of a compiled (SPMD-partitioned) HLO module that
+  moves data: its name (the jax op name, e.g. 'jit(step)/rollout/while': the GRPO step's
+  decode loop), the bytes of each collective (nested computations counted once), and of
+  all-gathers of loop-invariant operands, i.e. values the loop carries unchanged (weights,
+  a prompt cache) and gathers again at every iteration. Largest first."""
+  comps = _computations(hlo_text)
+  callees = lambda c: {n for line in comps.get(c, ()) for group in re.findall(
+      r"(?:calls|to_apply|body|condition|branch_computations)=\{?([%\w.\-, ]+)\}?", line)
+      for n in re.split(r"[,\s%]+", group) if n}
+  loops = []
+  for lines in comps.values():
+    for line in lines:
+      m = re.search(r"\bwhile\(.*\bbody=%?([\w.\-]+)", line)
+      if not m or m.group(1) not in comps:
+        continue
+      body, seen, todo = m.group(1), set(), [m.group(1)]
+      while todo:
+        c = todo.pop()
+        if c not in seen and c in comps:
+          seen.add(c)
+          todo.extend(callees(c))
+      # The body's own instructions: name -> (opcode, operands, index); which tuple
+      # elements its ROOT passes through unchanged.
+      defs, invariant = {}, set()
+      for ins in comps[body]:
+        d = re.match(r"(ROOT )?%?([\w.\-]+) = .*? ([a-z\-]+)\((.*?)\)(.*)$", ins)
+        if not d:
+          continue
+        index = re.search(r"index=(\d+)", d.group(5))
+        defs[d.group(2)] = (d.group(3), re.findall(r"%([\w.\-]+)", d.group(4)),
+                            int(index.group(1)) if index else None)
+        if d.group(1) and d.group(3) == "tuple":
+          root = re.findall(r"%([\w.\-]+)", d.group(4))
+      params = {n for n, (op, _, _) in defs.items() if op == "parameter"}
+      for i, operand in enumerate(root if defs else []):
+        op, args, index = defs.get(operand, (None, (), None))
+        if op == "get-tuple-element" and args and args[0] in params and index == i:
+          invariant.add(i)
+
+      def carried(name, depth=0):
+        """Whether ``name`` is an unchanged element of the loop's carry."""
+        op, args, index = defs.get(name, (None, (), None))
+        if op == "get-tuple-element" and args and args[0] in params:
+          return index in invariant
+        return op in _PASS_THROUGH and bool(args) and depth < 16 and carried(args[0], depth + 1)
+
+      moved, invariant_gathers = collections.Counter(), 0
+      for c in seen:
+        for ins in comps[c]:
+          d = re.match(r"(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z\-]+)\((.*?)\)", ins)
+          if not d:
+            continue
+          kind = d.group(2).removesuffix("-start")
+          if kind not in _COLLECTIVES or d.group(2).endswith("-done"):
+            continue
+          out = d.group(1)
+          arrays = re.findall(r"[a-z]+\d*\[[\d,]*\]", out)
+          if d.group(2).endswith("-start") and len(arrays) > 1:  # (operand, result, ...)
+            out = arrays[1]
+          moved[kind] += _array_bytes(out)
+          operands = re.findall(r"%([\w.\-]+)", d.group(3))
+          if kind == "all-gather" and c == body and operands and carried(operands[0]):
+            invariant_gathers += _array_bytes(out)
+      if moved:
+        name = re.search(r'op_name="([^"]*)"', line)
+        loops.append(dict(name=name.group(1) if name else "", collective_bytes=dict(moved),
+                          invariant_all_gather_bytes=invariant_gathers))
+  return sorted(loops, key=lambda x: -sum(x["collective_bytes"].values()))
 
 
 def compile_report(config, topology: str, program: str = "step") -> dict:
@@ -195,6 +299,11 @@ def compile_report(config, topology: str, program: str = "step") -> dict:
       alias_gib=round(m.alias_size_in_bytes / GIB, 2),
       # per chip, as XLA counts them; the step's total is this times the chips
       flops_per_step=float(cost.get("flops", 0.0)) * len(devices) if cost else None)
+  if program != "update":  # the decode loops: what each generated token moves between chips
+    try:
+      report["loops"] = loop_collectives(compiled.as_text())
+    except jax.errors.JaxRuntimeError as e:  # some libtpu releases cannot print their HLO
+      report["loops_error"] = str(e).splitlines()[0][:500]
   return report
 
 

@@ -71,17 +71,24 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, ..., force=force)` would write a checkpoint."""
+    step = int(step)
+    return (force or step % self.save_every == 0) and step not in self._manager.all_steps()
+
   def save(self, step: int, state, rng=None, *, data_iterator=None,
            metadata: dict | None = None, force: bool = False) -> bool:
     """Starts saving (returns once arrays are copied off the device, so the caller may donate
     `state` to the next step right away); False when this step is not due or already saved."""
     step = int(step)
-    if (step % self.save_every and not force) or step in self._manager.all_steps():
+    if not self.due(step, force=force):
       return False
     items = {_STATE: ocp.args.StandardSave(state),
              _META: ocp.args.JsonSave(_jsonable(dict(metadata or {})))}
     if rng is not None:
-      items[_RNG] = ocp.args.StandardSave({"key": _key_data(rng)})
+      # As numpy: a key on one device is a host-local array, which Orbax refuses to save
+      # when there are several processes (every process holds the same key).
+      items[_RNG] = ocp.args.StandardSave({"key": np.asarray(_key_data(rng))})
     if data_iterator is not None:
       # Grain's handler is synchronous: the position is read now, before the caller advances.
       items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -109,7 +116,7 @@ class Checkpointer:
     if target_rng_like is not None:
       if not (step_dir / _RNG).is_dir():
         raise ValueError(f"checkpoint {step_dir} holds no PRNG key")
-      items[_RNG] = ocp.args.StandardRestore({"key": _abstract(_key_data(target_rng_like))})
+      items[_RNG] = ocp.args.StandardRestore({"key": np.asarray(_key_data(target_rng_like))})
     if data_iterator is not None:
       if not (step_dir / _DATA).is_dir():
         raise ValueError(f"checkpoint {step_dir} holds no data iterator state")
@@ -117,7 +124,7 @@ class Checkpointer:
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
     rng = None
     if target_rng_like is not None:
-      rng = out[_RNG]["key"]
+      rng = jax.numpy.asarray(out[_RNG]["key"])
       if jax.dtypes.issubdtype(target_rng_like.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(target_rng_like))
     return out[_STATE], rng, out[_META] or {}

@@ -1,13 +1,20 @@
 """Training logs: one JSONL line and TensorBoard scalars per logged step, a progress bar
-with step/s and ETA, and a compile/step-time report. Only process 0 writes."""
+with step/s and ETA, and a compile/step-time report. Only process 0 writes.
+
+Every path goes through epath, so a gs:// workdir works: object stores cannot append, so
+there metrics.jsonl is rewritten whole at each `flush`, and TensorBoard events and XLA
+traces are written to a local folder and copied over (`_Mirror`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
+import shutil
+import tempfile
 import time
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -17,18 +24,87 @@ def _scalar(v):
   return float(v) if v.ndim == 0 and np.issubdtype(v.dtype, np.number) else None
 
 
+def _is_url(path) -> bool:
+  return "://" in os.fspath(path)
+
+
+def read_rows(path) -> list[dict]:
+  """The rows of a metrics.jsonl; a torn last line (a local run killed mid-append) is
+  skipped."""
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
+class _Mirror:
+  """A local folder for writers that need a file system (tensorboardX's event files,
+  XLA's trace): the destination itself when it is local, else a temporary folder whose
+  files `sync` copies to the destination (changed ones only). tensorboardX would need
+  extra packages for gs:// and appends to its event file, which an object store cannot."""
+
+  def __init__(self, dest):
+    self.dest = epath.Path(dest)
+    self.remote = _is_url(self.dest)
+    self.local = tempfile.mkdtemp(prefix="vqathinker-") if self.remote else os.fspath(self.dest)
+    self._synced: dict[str, tuple[int, int]] = {}
+
+  def sync(self) -> None:
+    if not self.remote:
+      return
+    for root, _, files in os.walk(self.local):
+      for name in files:
+        src = os.path.join(root, name)
+        st = os.stat(src)
+        if self._synced.get(src) == (st.st_size, st.st_mtime_ns):
+          continue
+        dst = self.dest / os.path.relpath(src, self.local)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        epath.Path(src).copy(dst, overwrite=True)
+        self._synced[src] = (st.st_size, st.st_mtime_ns)
+
+  def close(self) -> None:
+    self.sync()
+    if self.remote:
+      shutil.rmtree(self.local, ignore_errors=True)
+
+
 class MetricWriter:
-  """`write(step, metrics)` -> workdir/metrics.jsonl and TensorBoard events in workdir/tb."""
+  """`write(step, metrics)` -> workdir/metrics.jsonl and TensorBoard events in workdir/tb.
+
+  ``resume_step``: the step the run continues from (its latest checkpoint; 0: a fresh
+  start). Rows an earlier run logged past it are dropped, from the file and from
+  TensorBoard (`purge_step`), since the run logs those steps again: a killed and resumed
+  run has each step once. Local files are appended to at each row; a gs:// file is
+  rewritten whole at each `flush` (the trainer flushes before each checkpoint save, so
+  every step a checkpoint holds is in the file) and every `flush_every_s` seconds.
+  """
 
   def __init__(self, workdir, total_steps: int, *, enabled: bool | None = None,
-               progress: bool = True):
+               progress: bool = True, resume_step: int = 0, flush_every_s: float = 60.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
-    self._tb = self._bar = None
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.remote = _is_url(self.path)
+    self.flush_every_s = flush_every_s
+    self._tb = self._bar = self._tb_dir = None
+    self._dirty, self._flushed_at = False, time.monotonic()
+    # Every row of the run, those kept from an earlier run first (the summary reads them).
+    self.rows: list[dict] = [r for r in read_rows(self.path)
+                             if isinstance(r.get("step"), int) and r["step"] <= resume_step]
     if self.enabled:
       import tensorboardX
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+      self._dirty = self.path.exists()  # rewritten without the dropped rows
+      self.flush()
+      self._tb_dir = _Mirror(self.path.parent / "tb")
+      self._tb = tensorboardX.SummaryWriter(self._tb_dir.local,
+                                            purge_step=resume_step + 1 if resume_step else None)
       if progress:
         from tqdm import tqdm
         self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -44,11 +120,18 @@ class MetricWriter:
     row.update({k: s for k, v in metrics.items() if (s := _scalar(v)) is not None})
     if "step_time_s" in row:
       self._times.setdefault(phase, []).append(row["step_time_s"])
+    stored = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+              for k, v in row.items()}
+    self.rows.append(stored)
     if not self.enabled:
       return row
-    with self.path.open("a") as f:
-      f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                          for k, v in row.items()}) + "\n")
+    if self.remote:
+      self._dirty = True
+      if time.monotonic() - self._flushed_at >= self.flush_every_s:
+        self.flush()
+    else:
+      with self.path.open("a") as f:
+        f.write(json.dumps(stored) + "\n")
     for k, v in row.items():
       if k not in ("step", "phase") and math.isfinite(v):
         self._tb.add_scalar(f"{phase}/{k}", v, step)
@@ -59,6 +142,24 @@ class MetricWriter:
                             refresh=False)
       self._bar.update(0)
     return row
+
+  def flush(self) -> None:
+    """Makes every row written so far durable (and TensorBoard's events, for gs://)."""
+    if not self.enabled:
+      return
+    if self._dirty:
+      text = "".join(json.dumps(r) + "\n" for r in self.rows)
+      if self.remote:  # one object, replaced whole: readers never see a partial file
+        self.path.write_text(text)
+      else:  # only when dropping an earlier run's rows: a rename keeps it whole too
+        tmp = self.path.parent / f".{self.path.name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+      self._dirty = False
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb_dir.sync()
+    self._flushed_at = time.monotonic()
 
   def timing_report(self, compile_s: dict[str, float]) -> dict:
     """Per phase: compile seconds, median and p90 step seconds (the first step excluded)."""
@@ -75,31 +176,40 @@ class MetricWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
+      self._tb_dir.close()
+      self._tb = None
+    self.flush()
 
 
 class Profiler:
-  """An XLA trace of steps [start, end) into `workdir/profile` (TensorBoard/XProf)."""
+  """An XLA trace of steps [start, end) into `workdir/profile` (TensorBoard/XProf); for a
+  gs:// workdir written locally and copied there when the trace stops."""
 
   def __init__(self, workdir, start: int, end: int):
-    self.dir = pathlib.Path(workdir) / "profile"
+    self.dir = epath.Path(workdir) / "profile"
     self.start, self.end, self.active = start, end, False
+    self._mirror = None
 
   def before(self, step: int):
     if self.start >= 0 and step == self.start and not self.active:
-      jax.profiler.start_trace(str(self.dir))
+      self._mirror = _Mirror(self.dir)
+      jax.profiler.start_trace(self._mirror.local)
       self.active = True
 
   def after(self, step: int, block=None):
     """Call after step `step` ran; `block` is waited on so the trace holds the device work."""
     if self.active and step + 1 >= self.end:
       jax.block_until_ready(block)
-      jax.profiler.stop_trace()
-      self.active = False
+      self._stop()
+
+  def _stop(self):
+    jax.profiler.stop_trace()
+    self.active = False
+    self._mirror.close()
 
   def close(self):
     if self.active:
-      jax.profiler.stop_trace()
-      self.active = False
+      self._stop()
 
 
 class Timer:

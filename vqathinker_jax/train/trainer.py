@@ -15,11 +15,10 @@ import json
 import logging
 import math
 import os
-import pathlib
-import shutil
 import time
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import optax
@@ -66,7 +65,7 @@ def grpo_optimizer(config, num_steps: int):
 def trained_model(config, workdir):
   """The policy of the latest checkpoint in workdir/checkpoints (SFT or GRPO phase), on
   the config's mesh; None when there is no training run there."""
-  ckdir = pathlib.Path(workdir) / "checkpoints"
+  ckdir = epath.Path(workdir) / "checkpoints"
   if not ckdir.is_dir():
     return None
   ckpt = checkpointing.Checkpointer(ckdir, read_only=True)
@@ -98,12 +97,18 @@ def _device_batch(batch: dict, mesh, keys):
 
 
 def _replicated(x, mesh):
-  return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  """`x` (the same on every process) on every device of the mesh. Placed from host memory:
+  device_put refuses a typed key for devices of other processes."""
+  s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = jax.device_put(np.asarray(jax.random.key_data(x)), s)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return jax.device_put(np.asarray(x), s)
 
 
 def _load_eval(workdir, tag) -> dict:
   """An earlier run's evaluation summary (a resumed run does not repeat it)."""
-  path = pathlib.Path(workdir) / "eval" / tag / "summary.json"
+  path = epath.Path(workdir) / "eval" / tag / "summary.json"
   return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -117,7 +122,7 @@ def _mean_reward_curve(rows, phase="grpo", key="reward/total"):
 class _Run:
   """What the phases share: the config's objects, the run's outputs and its position."""
   config: Any
-  workdir: pathlib.Path
+  workdir: epath.Path         # local or gs://: every output goes through epath
   mesh: Any
   tokenizer: tok_lib.Tokenizer
   source: Any                 # the training set (Grain random-access source)
@@ -153,8 +158,15 @@ class _Run:
       self.writer.write(s, metrics, phase)
     self.profiler.after(s, state.params)
 
+  def save(self, s: int, state, it, phase: str, *, force: bool = False) -> None:
+    """Checkpoints step s when due, the metrics first: every step a checkpoint holds is in
+    metrics.jsonl, and a resumed run drops (and logs again) only rows past its checkpoint."""
+    if self.ckpt.due(s, force=force):
+      self.writer.flush()
+    self.ckpt.save(s, state, self.key, data_iterator=it, metadata={"phase": phase}, force=force)
 
-def _setup(config, workdir: pathlib.Path):
+
+def _setup(config, workdir: epath.Path):
   """The run's objects, and the model to train (placed on the mesh)."""
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = factory.make_mesh(config)
@@ -169,10 +181,11 @@ def _setup(config, workdir: pathlib.Path):
       tokens_per_frame=mcfg.tokens_per_frame(config.data.size))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                     save_every=config.train.checkpoint_every)
+  latest = ckpt.latest_step() or 0
   run = _Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, source=source,
              model_cfg=mcfg, prompt_P=tok_lib.prompt_ids(tokenizer, prompt), sft_steps=S,
-             grpo_steps=N, latest=ckpt.latest_step() or 0, ckpt=ckpt,
-             writer=train_log.MetricWriter(workdir, S + N),
+             grpo_steps=N, latest=latest, ckpt=ckpt,
+             writer=train_log.MetricWriter(workdir, S + N, resume_step=latest),
              profiler=train_log.Profiler(workdir, config.train.profile_start,
                                          config.train.profile_end),
              timer=train_log.Timer(), key=jax.random.key(config.seed))
@@ -207,8 +220,7 @@ def _run_sft(run: _Run, graphdef, state):
       t0 = time.perf_counter()
       state, metrics = step(state, b)
       run.log(s, state, metrics, t0, "sft")
-      run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "sft"},
-                    force=s == S)
+      run.save(s, state, it, "sft", force=s == S)
   run.latest = S
   return state
 
@@ -247,8 +259,7 @@ def _run_grpo(run: _Run, graphdef, sft_state):
       t0 = time.perf_counter()
       state, metrics = step(state, b, key_dev)
       run.log(s, state, metrics, t0, "grpo")
-      run.ckpt.save(s, state, run.key, data_iterator=it, metadata={"phase": "grpo"},
-                    force=s == total)
+      run.save(s, state, it, "grpo", force=s == total)
       if eval_every and (s - S) % eval_every == 0 and s != total:
         run.evaluate(graphdef, state, f"step_{s}")
     run.evaluate(graphdef, state, "final")
@@ -258,8 +269,7 @@ def _run_grpo(run: _Run, graphdef, sft_state):
 def _summarize(run: _Run) -> dict:
   """summary.json: evaluation per tag, the reward curve and its quarters, timings, paths."""
   path, wd = run.writer.path, run.workdir
-  rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
-  curve = _mean_reward_curve(rows)
+  curve = _mean_reward_curve(run.writer.rows)
   k = max(1, len(curve) // 4)  # quarters: single batches' rewards are noisy
   keys = ("srcc", "plcc", "plcc_fitted", "krcc", "rmse_label", "parse_failure_rate")
   seconds = run.timer.seconds
@@ -279,18 +289,19 @@ def _summarize(run: _Run) -> dict:
   return summary
 
 
-def run(config, workdir: pathlib.Path) -> dict:
-  """set-up -> SFT warm-start -> GRPO -> export and summary (see the module docstring)."""
-  run_, model = _setup(config, pathlib.Path(workdir))
+def run(config, workdir) -> dict:
+  """set-up -> SFT warm-start -> GRPO -> export and summary (see the module docstring).
+  ``workdir``: a local path or a URL such as gs://bucket/run."""
+  run_, model = _setup(config, epath.Path(workdir))
   try:
     graphdef, state = init_state(model, sft_optimizer(config), reference=False)
     del model  # the state holds its arrays
     state = _run_sft(run_, graphdef, state)
     final = _run_grpo(run_, graphdef, state)
     run_.ckpt.wait()
-    if jax.process_index() == 0:
-      export_model(final, run_.model_cfg, run_.tokenizer, config, run_.workdir,
-                   run_.workdir / "export")
+    # Every process: the export gathers parameters sharded over all of them (process 0 writes).
+    export_model(final, run_.model_cfg, run_.tokenizer, config, run_.workdir,
+                 run_.workdir / "export")
   except KeyboardInterrupt:
     logging.warning("interrupted: the last checkpoint in %s is kept", run_.workdir / "checkpoints")
     raise
@@ -305,10 +316,13 @@ def export_model(m, mcfg, tokenizer, config, workdir, out):
   """The trained policy as a Hugging Face InternVL directory with the tokenizer files, so
   `mode=predict` can load it with `--config.model.checkpoint=<out>`."""
   from vqathinker_jax import model as model_lib
-  model_lib.save_pretrained(m, mcfg, out)
-  src = workdir / "tokenizer" if config.model.tokenizer == "demo" else pathlib.Path(
+  model_lib.save_pretrained(m, mcfg, out)  # collective: call it on every process
+  if jax.process_index() != 0:
+    return
+  src = epath.Path(workdir) / "tokenizer" if config.model.tokenizer == "demo" else epath.Path(
       config.model.tokenizer or config.model.checkpoint)
+  out = epath.Path(out)
   for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
             "added_tokens.json", "special_tokens_map.json"):
     if (src / f).exists():
-      shutil.copy(src / f, out / f)
+      (src / f).copy(out / f, overwrite=True)
