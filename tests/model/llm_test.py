@@ -75,62 +75,41 @@ def test_rope_is_a_rotation_and_relative():
                          scale=float(jnp.linalg.norm(q) * jnp.linalg.norm(k)))
 
 
-def test_remat_keeps_values_and_gradients():
-  """Rematerialised layers (recomputed in the backward pass) give the same loss and
-  gradient as stored activations; only the memory/compute trade changes."""
+@pytest.mark.parametrize("scan, remat", [(False, "full"), (False, "save_dots"), (True, "off"),
+                                         (True, "full")])
+def test_remat_and_scan_keep_values_and_gradients(scan, remat):
+  """Rematerialised layers (recomputed in the backward pass) and `scan_layers` (one
+  `lax.scan` over the stacked layers) give the plain loop's loss and the same gradient for
+  each stored layer; only the memory/compute/compile trade changes."""
   import jax
   m = model.init(CFG, seed=1, mesh=sharding.single_device_mesh())
   graphdef, params, rest = nnx.split(m, nnx.Param, ...)
-  rng = np.random.default_rng(1)
-  ids = jnp.asarray(rng.integers(0, 500, (2, 9)))
-  mask = llm.causal_mask(jnp.ones(ids.shape, jnp.int32))
-  positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
-
-  def loss(params, remat):
-    lm = nnx.merge(graphdef, params, rest).llm
-    h, _ = lm(lm.embed_tokens(ids), positions, mask, remat=remat)
-    return jnp.sum(jax.nn.log_softmax(lm.logits(h))[..., 7])
-
-  want = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, "off")
-  for remat in ("full", "save_dots"):
-    got = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, remat)
-    # The same operations in the same order, recomputed: equal, up to XLA fusing the
-    # recomputed forward differently (a few rounding units of each gradient's scale).
-    tolerance.assert_close(got[0], want[0], 4, name=f"loss, remat={remat}")
-    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
-      tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name=f"grad, remat={remat}")
-  with np.testing.assert_raises(ValueError):
-    loss(params, "some")
-
-
-@pytest.mark.parametrize("remat", ["off", "full"])
-def test_scanned_layers_keep_values_and_gradients(remat):
-  """`scan_layers`: one `lax.scan` over the stacked layers gives the loop's loss and the
-  same gradient for each stored layer (the parameters keep their per-layer layout)."""
-  import jax
-  m = model.init(CFG, seed=1, mesh=sharding.single_device_mesh())
-  scanned = model.init(dataclasses.replace(CFG, scan_layers=True), seed=1,
+  variant = model.init(dataclasses.replace(CFG, scan_layers=scan), seed=1,
                        mesh=sharding.single_device_mesh())
-  graphdef, params, rest = nnx.split(m, nnx.Param, ...)
-  scan_graphdef, scan_params, _ = nnx.split(scanned, nnx.Param, ...)
-  assert jax.tree.structure(scan_params) == jax.tree.structure(params)
-  ids = jnp.asarray(np.random.default_rng(2).integers(0, 500, (2, 9)))
+  variant_graphdef, variant_params, _ = nnx.split(variant, nnx.Param, ...)
+  assert jax.tree.structure(variant_params) == jax.tree.structure(params)  # per-layer storage
+  ids = jnp.asarray(np.random.default_rng(1).integers(0, 500, (2, 9)))
   mask = llm.causal_mask(jnp.ones(ids.shape, jnp.int32))
   positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
 
-  def loss(params, graphdef):
+  def loss(params, graphdef, remat):
     lm = nnx.merge(graphdef, params, rest).llm
     h, _ = lm(lm.embed_tokens(ids), positions, mask, remat=remat)
     return jnp.sum(jax.nn.log_softmax(lm.logits(h))[..., 7])
 
-  want = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, graphdef)
-  got = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, scan_graphdef)
-  # The same layer arithmetic, compiled once as a loop body: a few rounding units.
-  tolerance.assert_close(got[0], want[0], 4, name="loss, scanned")
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
+  want = grad(params, graphdef, "off")
+  got = grad(params, variant_graphdef, remat)
+  # The same operations, recomputed or compiled once as a loop body: equal, up to XLA
+  # fusing them differently (a few rounding units of each gradient's scale).
+  name = f"scan={scan}, remat={remat}"
+  tolerance.assert_close(got[0], want[0], 4, name=f"loss, {name}")
   for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
-    tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name="grad, scanned")
-  hlo = jax.jit(loss, static_argnums=1).lower(params, scan_graphdef).as_text()
-  assert "while" in hlo  # a real loop, not an unrolled copy
+    tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name=f"grad, {name}")
+  hlo = jax.jit(loss, static_argnums=(1, 2)).lower(params, variant_graphdef, remat).as_text()
+  assert ("while" in hlo) == scan  # a real loop, not an unrolled copy
+  with np.testing.assert_raises(ValueError):
+    loss(params, variant_graphdef, "some")
 
 
 # ------------------------------------------------------------- padded vocabulary ---
