@@ -24,9 +24,9 @@ def get_config():
   # fsdp=4 (with tensor, 8 ways) shards the state (20 B x 0.94B parameters = 19 GB, 2.4 GB
   # a chip) and carries the batch: 4 batch shards.
   c.mesh.update(data=1, fsdp=4, tensor=2)
-  # One video per shard. `python -m vqathinker_jax.tools.plan --config` this file: ~72 GiB
-  # per chip of 95 GB (67 GiB of it the update's saved activations: the packed ~9.9k-token
-  # sequence through 24 layers, 7 heads a chip).
+  # One video per shard. Check the memory with `python -m vqathinker_jax.tools.aot --config`
+  # this file `--topology v5p-16` (XLA:TPU's own figure; the retired formula planner said
+  # ~72 GiB, and its activation terms ran ~50 % high at the 8B config's width).
   c.grpo.micro_batch_size = 4  # videos per gradient micro-batch (one per batch shard)
   c.grpo.remat = "full"  # recompute each decoder layer in the update's backward pass
   c.grpo.logprob_micro_batch_size = 8  # videos per no-grad log-prob micro-batch (two per shard)

@@ -53,10 +53,12 @@ def get_config():
   # Memory per chip: one video per batch shard per gradient micro-batch (8 videos, 4
   # micro-batches per step); the no-grad log-prob passes keep nothing across layers and take
   # two videos per shard. `python -m vqathinker_jax.tools.aot --config` this file
-  # `--topology v5p-64` (XLA:TPU on a CPU, libtpu 0.0.52, 2026-12-06, commit 59bcbbc):
-  # the whole step peaks at 39.5 GiB per chip with per-layer remat (59 % of a v5p chip's
-  # 95.7 GiB free; 884 s to compile); without remat the 2026-12-05 audit's compile peaked at
-  # 69.2 GiB. `tools/plan`'s formulas run ~50 % high at this width.
+  # `--topology v5p-64` (XLA:TPU on a 2-core CPU, libtpu 0.0.52, 2026-12-06, commit 3be9f98;
+  # padded vocabulary, splash attention, the rollout's decode copy): the whole step peaks at
+  # 33.4 GiB per chip (65 % of a v5p chip's 95.7 GiB free; 1195 s to compile); with
+  # `--config.grpo.num_generations=8` 54.5 GiB (43 % free; 904 s); on v5p-32
+  # (`--config.mesh.fsdp=4`) 24.2 GiB (75 % free; 853 s). Before (commit 59bcbbc): 39.5 GiB; without remat (the 2026-12-05
+  # audit) 69.2 GiB.
   g.remat = "full"  # recompute each decoder layer in the update's backward pass
   g.micro_batch_size = 8  # videos per gradient micro-batch (one per batch shard)
   g.logprob_micro_batch_size = 16  # videos per no-grad log-prob micro-batch (two per shard)
