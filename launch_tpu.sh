@@ -30,7 +30,7 @@ Commands:
 Before `run` and `up`, a pre-flight compiles the config's GRPO step for the slice with
 XLA:TPU on this machine (`python -m vqathinker_jax.tools.aot`, the [tpu] extra installed
 here; minutes, no TPU used) and refuses a config whose step does not fit the chips'
-memory, before any TPU is created or started. v5p slices only; --no-preflight skips it.
+memory, before any TPU is created or started (v4, v5p, v5litepod, v6e); --no-preflight skips it.
 
 Options (flag, then its environment fallback):
   --name NAME                 TPU_NAME          TPU VM / queued resource name (required)
@@ -307,9 +307,11 @@ do_setup() {
 do_preflight() {
   [[ $PREFLIGHT == 1 ]] || return 0
   case $ACCELERATOR_TYPE in
-    v5p-8 | v5p-16 | v5p-32 | v5p-64 | v5p-128) ;;
+    v4-8 | v4-16 | v4-32 | v4-64 | v4-128 | v5p-8 | v5p-16 | v5p-32 | v5p-64 | v5p-128 | \
+      v5litepod-4 | v5litepod-8 | v5litepod-16 | v5litepod-32 | v5litepod-64 | v5litepod-128 | \
+      v5litepod-256 | v6e-4 | v6e-8 | v6e-16 | v6e-32 | v6e-64 | v6e-128 | v6e-256) ;;
     *)
-      echo "launch_tpu.sh: warning: no pre-flight compile for '${ACCELERATOR_TYPE:-no --accelerator-type}' (tools/aot knows v5p-8 ... v5p-128)" >&2
+      echo "launch_tpu.sh: warning: no pre-flight compile for '${ACCELERATOR_TYPE:-no --accelerator-type}' (tools/aot knows v4, v5p, v5litepod and v6e slices up to 256 chips)" >&2
       return 0 ;;
   esac
   local overrides=() a

@@ -86,7 +86,9 @@ def test_queued_git_spot_and_env_fallbacks(tmp_path):
   assert out.returncode == 0, out.stderr
   where = ["--project=p", "--zone=europe-west4-b"]
   got = out.stdout.splitlines()
-  assert "no pre-flight compile for 'v6e-8'" in out.stderr  # tools/aot knows v5p only
+  assert got[0] == shlex.join(["python3", "-m", "vqathinker_jax.tools.aot",
+                               f"--config={ROOT}/configs/base.py", "--topology=v6e-8"])
+  got = got[1:]
   assert got[:3] == lines(
       [*QR, "describe", "q1", *where, "--format=value(name)"],
       [*QR, "create", "q1", *where, "--node-id=q1", "--accelerator-type=v6e-8",

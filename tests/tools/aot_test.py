@@ -59,6 +59,17 @@ def test_reading_the_stored_layout_gathers_weights_at_every_token():
   assert loop["invariant_all_gather_bytes"] > 0, r["loops"]
 
 
+def test_every_accelerator_type_names_its_chips():
+  # gcloud's names: v4-N and v5p-N have N/2 chips (megacore), v5litepod-N and v6e-N have N.
+  code = ("from vqathinker_jax.tools import aot; print([(len(d), d[0].device_kind) for d in "
+          "map(aot.topology_devices, ('v4-16', 'v5p-32', 'v5litepod-16', 'v6e-8'))])")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(one_device.env(), ALLOW_MULTIPLE_LIBTPU_LOAD="1"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip() == str([(8, "TPU v4"), (16, "TPU v5"), (16, "TPU v5 lite"),
+                                    (8, "TPU v6 lite")])
+
+
 def test_a_model_too_big_for_the_chips_does_not_fit():
   # 8 decoder layers of width 16384 and MLP 65536: ~26 G parameters, ~6.4 G per chip, x 16
   # bytes (f32 weights, Adam moments, gradients) > a v5p chip's 95.74 GiB.

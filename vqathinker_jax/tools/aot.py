@@ -25,10 +25,20 @@ import math
 import re
 import time
 
-# v5p-N has N/2 chips (two TensorCores each, one "megacore" device), 4 chips per host.
+# Cloud TPU accelerator types (gcloud's names) -> libtpu topologies. v4-N and v5p-N have
+# N/2 chips (two TensorCores each, one "megacore" device); v5litepod-N (v5e) and v6e-N have
+# N chips of one core.
 TOPOLOGIES = {"v5p-8": "v5:2x2x1", "v5p-16": "v5:2x2x2", "v5p-32": "v5:2x2x4",
-              "v5p-64": "v5:2x4x4", "v5p-128": "v5:4x4x4"}
-HBM_GIB = {"v5p": 95.74}  # per chip
+              "v5p-64": "v5:2x4x4", "v5p-128": "v5:4x4x4",
+              "v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v4-32": "v4:2x2x4",
+              "v4-64": "v4:2x4x4", "v4-128": "v4:4x4x4",
+              **{f"{kind}-{n}": f"{core}:{grid}" for kind, core in (("v5litepod", "v5e"),
+                                                                     ("v6e", "v6e"))
+                 for n, grid in ((4, "2x2"), (8, "2x4"), (16, "4x4"), (32, "4x8"),
+                                 (64, "8x8"), (128, "8x16"), (256, "16x16"))}}
+# Per chip: v5p's from XLA:TPU's own out-of-memory message; the others nominal (a program
+# that does not fit fails to compile whatever this says).
+HBM_GIB = {"v5p": 95.74, "v4": 32.0, "v5litepod": 16.0, "v6e": 32.0}
 PROGRAMS = ("step", "update", "rollout")
 GIB = 1 << 30
 
@@ -38,8 +48,10 @@ def topology_devices(name: str):
   from jax.experimental import topologies
   if name not in TOPOLOGIES:
     raise ValueError(f"unknown topology {name!r}; expected one of {sorted(TOPOLOGIES)}")
+  megacore = name.split("-")[0] in ("v4", "v5p")
   return topologies.get_topology_desc(
-      platform="tpu", topology_name=TOPOLOGIES[name], chip_config_name="megacore",
+      platform="tpu", topology_name=TOPOLOGIES[name],
+      chip_config_name="megacore" if megacore else "default",
       chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(False,) * 3).devices
 
 
@@ -311,7 +323,7 @@ def main() -> None:
   from absl import app, flags
   from ml_collections import config_flags
   config = config_flags.DEFINE_config_file("config", None, "A run config (configs/*.py).")
-  topology = flags.DEFINE_enum("topology", "v5p-64", sorted(TOPOLOGIES), "TPU topology.")
+  topology = flags.DEFINE_enum("topology", "v5p-64", sorted(TOPOLOGIES), "TPU slice (gcloud accelerator type): v4-8..128, v5p-8..128, v5litepod-4..256, v6e-4..256.")
   program = flags.DEFINE_enum("program", "step", list(PROGRAMS), "What to compile.")
   flags.mark_flags_as_required(["config"])
 
