@@ -123,3 +123,20 @@ def test_gs_workdir_and_its_compile_cache_keep_the_scheme(monkeypatch):
   assert seen == {"jax_compilation_cache_dir": "gs://b/run/xla_cache"}
   main._compile_cache(fake_jax, "gs://b/xla", None)
   assert seen == {"jax_compilation_cache_dir": "gs://b/xla"}
+
+
+def test_cpu_runs_keep_freed_memory_and_dispatch_on_the_calling_thread():
+  """The page-fault fix (main._keep_freed_memory): on the CPU backend with glibc, programs
+  run on the calling thread and glibc keeps freed blocks, also for the processes started
+  later; with asynchronous dispatch left on it stays off (glibc would mmap anyway)."""
+  code = (
+      "import os, jax; from vqathinker_jax import main\n"
+      "assert not main._keep_freed_memory(jax)  # async dispatch still on\n"
+      "main._sync_cpu_dispatch(jax)\n"
+      "assert main._keep_freed_memory(jax)\n"
+      "assert os.environ['MALLOC_MMAP_MAX_'] == '0', os.environ\n"
+      "assert int(os.environ['MALLOC_TRIM_THRESHOLD_']) == main._KEEP_BYTES\n")
+  env = {k: v for k, v in one_device.env().items() if not k.startswith("MALLOC_")}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]

@@ -73,6 +73,45 @@ def _compile_cache(jax, setting: str, workdir) -> None:
     jax.config.update("jax_compilation_cache_dir", os.fspath(workdir / "xla_cache"))
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_KEEP_BYTES = 1 << 30  # free memory glibc keeps at the heap top (its default: 128 KiB)
+
+
+def _keep_freed_memory(jax) -> bool:
+  """On the CPU backend glibc malloc serves XLA's buffers, and every execution's
+  temporaries (96 MB a demo SFT step, 128 MB a GRPO step) are above glibc's mmap ceiling
+  (32 MiB): each step mmapped fresh pages, the kernel zero-filled every one on first touch
+  (~25-33k page faults, 50-80 ms of system time a step) and munmapped them at the end.
+  With mmap off and the heap top kept, the next step reuses the same pages. This needs the
+  program run on the calling (main) thread, set by `_sync_cpu_dispatch`: glibc mmaps an
+  allocation over 64 MiB from any other thread's arena whatever the settings. The
+  processes this one starts (the synthetic set's renderers, Grain's workers) get the same
+  settings through glibc's environment variables (unless set): the renderers' numpy
+  temporaries took 2-4k page faults a clip (1.7-3.8M for the demo's 960). CPU only, where
+  device memory is host memory; other backends and non-glibc hosts are left alone."""
+  if jax.default_backend() != "cpu" or jax.config.values["jax_cpu_enable_async_dispatch"]:
+    return False
+  import ctypes
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):  # not glibc (macOS)
+    return False
+  if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)):
+    return False
+  os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
+  os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(_KEEP_BYTES))
+  return True
+
+
+def _sync_cpu_dispatch(jax) -> None:
+  """Before any backend starts: the CPU client runs programs on the calling thread (see
+  `_keep_freed_memory`; a program whose inputs are still being copied, as a host transfer
+  over 100 KiB is on a pool thread, still runs there). The trainer waits for every step's
+  metrics anyway, and execution releases the GIL (Grain's threads keep reading); only the
+  CPU client reads the option."""
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
 def _workdir_path(flag: str):
   """--workdir as an epath.Path: gs://bucket/run keeps its scheme (pathlib would make it
   the local folder gs:/bucket/run); a local path has ~ expanded."""
@@ -86,6 +125,7 @@ def main(argv):
   config = _CONFIG.value
   # Imported after flag parsing: jax starts only for real runs.
   import jax
+  _sync_cpu_dispatch(jax)
   dist = _distributed_args(_DISTRIBUTED.value, os.environ)
   if dist is not None:
     jax.distributed.initialize(**dist)
@@ -94,6 +134,7 @@ def main(argv):
     config_check.validate(config, num_devices=jax.device_count(), workdir=_WORKDIR.value)
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
+  _keep_freed_memory(jax)  # before the model and data allocate
   workdir = _workdir_path(_WORKDIR.value)
   _compile_cache(jax, config.compile_cache_dir, workdir)
   if jax.process_count() > 1 and jax.default_backend() == "cpu":
