@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   sy.seed = 0  # rendering seed
   sy.scenes = 0  # distinct scenes (clip i shows scene i % scenes; 0 = one per clip)
   sy.distortions = ""  # kinds a clip may get, comma-separated (synthetic.WEIGHTS; "" = all eight)
+  sy.strengths = "1,2,3"  # levels an active distortion may take (a subset holds some out)
   sy.test_fraction = 0.25  # held-out share (by id hash) for evaluation
 
   c.sft = f = ml_collections.ConfigDict()  # supervised warm-start on templated answers
@@ -85,6 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
   f.batch_size = 8  # videos per SFT step
   f.lr = 1e-4  # peak learning rate, cosine decay to 0 over sft.steps (AdamW, grad clip as GRPO)
   f.think = "The video looks {quality}."  # target reasoning; {quality} = a word for the MOS band
+  # label: teach the MOS (supervised warm-start) | random: the format only, with a random
+  # score per video (and {quality} from it), so whatever ranking the model shows after GRPO
+  # the rewards taught it | random_scene: random per synthetic scene and video (sft.answers)
+  f.answer = "label"
 
   c.grpo = g = ml_collections.ConfigDict()  # the GRPO update (TRL GRPOConfig names)
   g.num_generations = 4  # G completions per video (>= 2)
@@ -121,7 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.train = tr = ml_collections.ConfigDict()
   tr.batch_size = 32  # videos per GRPO step, global (docs/method.md §4: 32 videos, 128 completions)
-  tr.num_epochs = 3  # passes over the training set (sets the step count when num_steps is 0)
+  tr.num_epochs = 3  # passes over the training set (sets the step count when num_steps is 0; 0: SFT only)
   tr.num_steps = 0  # GRPO steps (0: from num_epochs)
   tr.log_every = 1  # steps between metric lines (JSONL, TensorBoard, progress bar)
   tr.eval_every = 0  # steps between evaluations on eval.sets (0: only after training)

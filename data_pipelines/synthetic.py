@@ -44,15 +44,16 @@ def mos(levels, rng=None):
   return float(np.clip(score, 1.0, 5.0))
 
 
-def draw_levels(rng, distortions=None):
-  """0..MAX_ACTIVE distinct distortions of `distortions` (default: all), each at level
-  1..3; the rest 0."""
+def draw_levels(rng, distortions=None, strengths=(1, 2, 3)):
+  """0..MAX_ACTIVE distinct distortions of `distortions` (default: all), each at a level
+  drawn uniformly from `strengths` (default 1..3; a subset holds strengths out, e.g. for an
+  out-of-distribution split); the rest 0."""
   names = list(WEIGHTS if distortions is None else distortions)
   active = rng.choice(len(names), int(rng.integers(min(MAX_ACTIVE, len(names)) + 1)),
                       replace=False)
   levels = dict.fromkeys(WEIGHTS, 0)
-  for i in active:
-    levels[names[i]] = int(rng.integers(1, LEVELS))
+  for i in active:  # (1, 2, 3) draws as rng.integers(1, 4): the same stream as before
+    levels[names[i]] = int(strengths[int(rng.integers(len(strengths)))])
   return levels
 
 
@@ -132,11 +133,20 @@ def encode(path, frames_TxHxWx3, crf=16, fps=24, pix_fmt="yuv420p", gop=None):
     container.mux(stream.encode())
 
 
+def scene_of(video_id: str, scenes: int) -> int:
+  """The scene clip `video_id` (as `make_clip` names it) shows when rendered with `scenes`
+  > 0 scenes: drawn independently of its distortions, so of its MOS."""
+  stem = os.path.basename(video_id).split(".")[0]
+  if not stem.startswith("synthetic_") or scenes < 1:
+    raise ValueError(f"{video_id!r} is not a synthetic clip of a set with scenes > 0")
+  return int(stem[len("synthetic_"):]) % scenes
+
+
 def make_clip(args):
   """Renders, distorts and encodes clip `index` -> (video_id, mos, levels). Deterministic."""
-  videos_dir, index, seed, num_frames, height, width, fps, distortions, scenes = args
+  videos_dir, index, seed, num_frames, height, width, fps, distortions, scenes, strengths = args
   rng = np.random.default_rng([seed, index])
-  levels = draw_levels(rng, distortions)
+  levels = draw_levels(rng, distortions, strengths)
   time_T = timeline(levels, num_frames, rng)
   # `scenes` > 0: clip i shows scene i % scenes (its own content draws), so the quality
   # differences are all the set varies in; 0: every clip its own scene.
@@ -149,13 +159,14 @@ def make_clip(args):
 
 
 def generate(out_dir, num_videos=48, seed=0, num_frames=24, height=64, width=96, fps=24,
-             workers=0, distortions=None, scenes=0):
+             workers=0, distortions=None, scenes=0, strengths=(1, 2, 3)):
   """Writes out_dir/videos/*.mp4, out_dir/labels.json and out_dir/distortions.json.
 
   `distortions`: the kinds a clip may get (names of WEIGHTS; None: all), e.g. the ones a
   tiny model can see at low resolution; `scenes` > 0 renders only that many distinct
-  scenes (clip i shows scene i % scenes), 0 one per clip. Returns (labels_path, videos_dir), ready for
-  builder.build("synthetic", ...).
+  scenes (clip i shows scene i % scenes), 0 one per clip; `strengths` the levels an active
+  distortion may take. Scenes are drawn from `seed`: another seed renders other scenes.
+  Returns (labels_path, videos_dir), ready for builder.build("synthetic", ...).
   """
   if num_videos < 1 or num_frames < 1:
     raise ValueError(f"need num_videos >= 1 and num_frames >= 1, got {num_videos}, {num_frames}")
@@ -168,7 +179,10 @@ def generate(out_dir, num_videos=48, seed=0, num_frames=24, height=64, width=96,
   os.makedirs(videos_dir, exist_ok=True)
   if scenes < 0:
     raise ValueError(f"scenes must be >= 0, got {scenes}")
-  jobs = [(videos_dir, i, seed, num_frames, height, width, fps, distortions, scenes)
+  strengths = tuple(int(x) for x in strengths)
+  if not strengths or any(not 1 <= x < LEVELS for x in strengths):
+    raise ValueError(f"strengths must be levels in 1..{LEVELS - 1}, got {strengths}")
+  jobs = [(videos_dir, i, seed, num_frames, height, width, fps, distortions, scenes, strengths)
           for i in range(num_videos)]
   if workers > 0:
     with multiprocessing.get_context("spawn").Pool(workers) as pool:

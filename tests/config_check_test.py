@@ -45,7 +45,7 @@ def _set(**fields):
   return mutate
 
 
-NOT_SYNTHETIC = {"data.synthetic.enabled": False}
+NOT_SYNTHETIC = {"data.synthetic.enabled": False, "sft.answer": "label"}
 # (id, mutation, validate kwargs, substrings the message must hold)
 CASES = [
     ("unknown_field", _set(**{"grpo.num_generation": 1}), {},
@@ -113,8 +113,17 @@ CASES = [
     ("odd_synthetic", _set(**{"data.synthetic.height": 63}), {},
      ["config.data.synthetic.height=63: must be even and >= 2"]),
     ("sft_lr", _set(**{"sft.lr": 0.0}), {}, ["config.sft.lr=0.0: must be > 0"]),
-    ("epochs", _set(**{"train.num_steps": 0, "train.num_epochs": 0}), {},
-     ["config.train.num_epochs=0: must be > 0 (config.train.num_steps=0 takes"]),
+    ("sft_answer", _set(**{"sft.answer": "mos"}), {}, ["config.sft.answer='mos': must be one of"]),
+    ("random_scene_needs_scenes", _set(**{"sft.answer": "random_scene",
+                                          "data.synthetic.scenes": 0}), {},
+     ["config.sft.answer='random_scene': random_scene draws a score per scene"]),
+    ("strengths", _set(**{"data.synthetic.strengths": "2,4"}), {},
+     ["config.data.synthetic.strengths='2,4': must be levels among 1,2,3"]),
+    ("epochs", _set(**{"train.num_steps": 0, "train.num_epochs": -1}), {},
+     ["config.train.num_epochs=-1: must be >= 0 (config.train.num_steps=0 takes"]),
+    ("nothing_to_train", _set(**{"train.num_steps": 0, "train.num_epochs": 0, "sft.steps": 0}),
+     {}, ["config.train.num_epochs=0: with config.train.num_steps=0 and config.sft.steps=0 "
+          "nothing is trained"]),
     ("perturb_modes", _set(**{"data.perturb_modes": "reverse,rewind"}), {},
      ["config.data.perturb_modes='reverse,rewind': unknown modes ['rewind']"]),
     ("motion_frames", _set(**{"model.arch.motion.enabled": True, "data.frames": 5}), {},
@@ -207,6 +216,7 @@ def built(tmp_path_factory):
 def _on_disk(data_dir):
   c = _config()
   c.data.synthetic.enabled = False
+  c.sft.answer = "label"  # the demo's per-scene scores need the synthetic set's scenes
   c.data.update(data_dir=data_dir, train="synthetic")
   return c
 
@@ -242,6 +252,7 @@ def test_paths_are_skipped_on_request(tmp_path):
   c = _config()
   c.model.checkpoint = str(tmp_path / "nope")
   c.data.synthetic.enabled = False
+  c.sft.answer = "label"  # the demo's per-scene scores need the synthetic set's scenes
   config_check.validate(c, check_paths=False)
 
 

@@ -25,7 +25,7 @@ from vqathinker_jax.model import (attention_kernels, config as model_config, lay
                                   sharding, slowfast)
 from vqathinker_jax.rl import grpo, rewards, rollout
 from vqathinker_jax.text import tokenizer as tok_lib
-from vqathinker_jax.train import state as train_state
+from vqathinker_jax.train import sft, state as train_state
 
 MODES = ("train", "eval", "predict", "smoke")  # config.mode; main dispatches on them
 # Choice lists come from the code that takes the value (one source per rule).
@@ -36,6 +36,7 @@ CHOICES = {
     "model.attention": attention_kernels.IMPLEMENTATIONS,
     "model.arch.vision.norm_type": layers.NORM_TYPES,
     "model.arch.motion.depth": tuple(slowfast.STAGE_DEPTHS),
+    "sft.answer": sft.ANSWERS,
     "grpo.loss_type": grpo.LOSS_TYPES,
     "grpo.kl_estimator": grpo.KL_ESTIMATORS,
     "grpo.remat": tuple(llm.REMAT_POLICIES),
@@ -228,6 +229,11 @@ def _check_values(c: _Checker) -> None:
   c.at_least("sft.steps", 0, "0: no SFT warm-start")
   if steps:
     c.positive("sft.lr")
+  if steps and c.get("sft.answer") == "random_scene" and not (
+      c.get("data.synthetic.enabled") is True and (c.get("data.synthetic.scenes") or 0) >= 1):
+    c.bad("sft.answer", "random_scene draws a score per scene of the synthetic set: it needs "
+          "config.data.synthetic.enabled=True and config.data.synthetic.scenes >= 1 (or use "
+          "'random': a score per video)")
   think = c.str_("sft.think")
   if think is not None:
     try:
@@ -239,7 +245,11 @@ def _check_values(c: _Checker) -> None:
   t = "train."
   c.at_least(t + "num_steps", 0, "0: from num_epochs")
   if c.int_(t + "num_steps") == 0:
-    c.positive(t + "num_epochs", "config.train.num_steps=0 takes the step count from it")
+    c.at_least(t + "num_epochs", 0, "config.train.num_steps=0 takes the step count from it; "
+               "0: no GRPO (SFT only)")
+    if c.get(t + "num_epochs") == 0 and c.get("sft.steps") == 0:
+      c.bad(t + "num_epochs", "with config.train.num_steps=0 and config.sft.steps=0 nothing "
+            "is trained: set config.sft.steps, or GRPO steps or epochs")
   for f in ("log_every", "checkpoint_every", "keep_checkpoints"):
     c.at_least(t + f, 1)
   c.at_least(t + "eval_every", 0, "0: only after training")
@@ -285,6 +295,13 @@ def _check_values(c: _Checker) -> None:
     if unknown:
       c.bad(s + "distortions", f"unknown kinds {unknown}; choose from "
             f"{', '.join(synthetic.WEIGHTS)} (comma-separated; '' = all)")
+  strengths = c.str_(s + "strengths")
+  if strengths is not None:
+    from data_pipelines import synthetic
+    parts = [x.strip() for x in strengths.split(",")]
+    allowed = [str(x) for x in range(1, synthetic.LEVELS)]
+    if not parts or any(x not in allowed for x in parts):
+      c.bad(s + "strengths", f"must be levels among {','.join(allowed)}, comma-separated")
   c.at_least(s + "num_videos", 1)
   c.at_least(s + "scenes", 0, "0: one scene per clip")
   c.at_least(s + "num_frames", 1)

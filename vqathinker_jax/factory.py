@@ -171,6 +171,7 @@ def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 
   root = out.parent / "synthetic_videos"
   settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
                   height=s.height, width=s.width, scenes=s.scenes,
+                  strengths=[int(x) for x in str(s.strengths).split(",") if x.strip()],
                   distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
 
   def make():

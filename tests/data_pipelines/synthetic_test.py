@@ -89,7 +89,32 @@ def test_distortion_subset_and_shared_scenes(tmp_path):
   assert same, "seed 3 should give two clean clips of one scene"
   for a, b in same:
     assert np.abs(frames[a] - frames[b]).mean() < 2.0
+    assert synthetic.scene_of(a, 2) == synthetic.scene_of(b, 2)
+  with pytest.raises(ValueError, match="not a synthetic clip"):
+    synthetic.scene_of("konvid_0001.mp4", 2)
   assert synthetic.draw_levels(np.random.default_rng(0)) == synthetic.draw_levels(
       np.random.default_rng(0), tuple(synthetic.WEIGHTS))
   with pytest.raises(ValueError, match="sharpness"):
     synthetic.generate(str(tmp_path / "x"), num_videos=1, distortions=("sharpness",))
+
+
+def test_strengths_hold_levels_out_and_the_default_stream_is_unchanged():
+  draws = [synthetic.draw_levels(np.random.default_rng(i), strengths=(3,)) for i in range(200)]
+  assert {v for d in draws for v in d.values()} == {0, 3}
+  low = [synthetic.draw_levels(np.random.default_rng(i), strengths=(1, 2)) for i in range(200)]
+  assert {v for d in low for v in d.values()} == {0, 1, 2}
+
+  # The default draws what `rng.integers(1, 4)` per active kind drew before `strengths`
+  # existed, so the demo's clips did not change.
+  def before(rng):
+    names = list(synthetic.WEIGHTS)
+    active = rng.choice(len(names), int(rng.integers(synthetic.MAX_ACTIVE + 1)), replace=False)
+    levels = dict.fromkeys(names, 0)
+    for i in active:
+      levels[names[i]] = int(rng.integers(1, synthetic.LEVELS))
+    return levels
+
+  assert all(synthetic.draw_levels(np.random.default_rng(i)) == before(np.random.default_rng(i))
+             for i in range(200))
+  with pytest.raises(ValueError, match="strengths"):
+    synthetic.generate("/nonexistent", num_videos=1, strengths=(4,))

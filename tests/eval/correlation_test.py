@@ -104,6 +104,7 @@ def test_evaluate_excludes_nonfinite_predictions():
   m = M.evaluate(pred, mos)
   ref = M.evaluate([1.0, 2.0, 3.5, 4.0], [1.1, 2.5, 3.0, 4.2])
   assert m["n"] == 4 and m["n_total"] == 6 and m["n_nonfinite_pred"] == 2
+  assert m["n_distinct_pred"] == 4
   for k in ("srcc", "krcc", "plcc", "plcc_fitted", "rmse", "rmse_fitted"):
     assert m[k] == ref[k]
 
@@ -117,6 +118,7 @@ def test_evaluate_constant_predictions_give_nan_without_warnings():
     for k in ("srcc", "krcc", "plcc", "plcc_fitted", "rmse_fitted"):
       assert math.isnan(r[k]), k
     assert r["logistic_params"] is None
+  assert m["n_distinct_pred"] == 1 and m2["n_distinct_pred"] == 4
   tolerance.assert_close(m["rmse"], math.sqrt(2.0), tolerance.CORR_VS_SCIPY, eps=tolerance.EPS64,
                          name="rmse")
 

@@ -101,3 +101,18 @@ def test_sigkill_then_rerun_gives_bitwise_identical_parameters(finished):
   a = (tmp / "a" / "export" / "model.safetensors").read_bytes()
   b = (wd / "export" / "model.safetensors").read_bytes()
   assert a == b, f"parameters differ after a kill at step {kill_after} and a rerun"
+
+
+def test_sft_only_run_from_a_random_warm_start(tmp_path):
+  """train.num_epochs=0 with num_steps=0: SFT only, evaluated once as the final policy; the
+  demo's format-only warm-start (random scores per scene and video) trains."""
+  wd = tmp_path / "sft_only"
+  out = subprocess.run(_cmd(wd, "--config.train.num_steps=0", "--config.train.num_epochs=0"),
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"trained {SFT} SFT + 0 GRPO steps" in out.stdout
+  rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert [r["phase"] for r in rows] == ["sft"] * SFT
+  summary = json.loads((wd / "summary.json").read_text())
+  assert set(summary["eval"]) == {"final"} and summary["reward_curve"] == []
+  assert (wd / "export" / "model.safetensors").exists()

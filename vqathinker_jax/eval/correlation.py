@@ -228,6 +228,8 @@ def evaluate(pred, mos) -> dict[str, Any]:
       "n": int(x.size),
       "n_total": int(pred.size),
       "n_nonfinite_pred": n_bad,
+      # 1: every video got the same score, so no correlation is defined (NaN): no ranking
+      "n_distinct_pred": int(np.unique(x).size),
       "srcc": spearman(x, y),
       "krcc": kendall_tau_b(x, y),
       "plcc": pearson(x, y),

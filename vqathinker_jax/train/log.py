@@ -239,13 +239,17 @@ def render_summary(summary: dict) -> str:
   lines = [f"trained {summary['sft_steps']} SFT + {summary['grpo_steps']} GRPO steps"]
   for tag, sets in summary.get("eval", {}).items():
     for name, m in sets.items():
+      same = m.get("n_distinct_pred") == 1  # correlations undefined: no ranking at all
       lines.append(f"  eval {tag:>8} {name}: SRCC {_fmt(m.get('srcc'))}  PLCC "
                    f"{_fmt(m.get('plcc'))}  PLCC fitted {_fmt(m.get('plcc_fitted'))}  "
-                   f"parse failures {_fmt(m.get('parse_failure_rate'))}")
+                   f"parse failures {_fmt(m.get('parse_failure_rate'))}"
+                   + (f"  (one score for all {m.get('n')} videos)" if same else ""))
   curve = summary.get("reward_curve") or []
   if curve:
-    lines.append(f"  mean reward per GRPO step: first quarter {_fmt(summary['reward_first'])} -> "
-                 f"last quarter {_fmt(summary['reward_last'])}")
+    lines.append(f"  mean reward per GRPO step (± spread over steps): first quarter "
+                 f"{_fmt(summary['reward_first'])} ± {_fmt(summary.get('reward_first_std'))} -> "
+                 f"last quarter {_fmt(summary['reward_last'])} ± "
+                 f"{_fmt(summary.get('reward_last_std'))}")
     lines.append(f"    {_spark(_bins(curve, 60))}")
   for phase, t in summary.get("timing", {}).items():
     lines.append(f"  {phase}: compile {t['compile_s']} s, median step {t['median_step_s']} s "

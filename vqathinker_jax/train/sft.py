@@ -8,6 +8,8 @@ Legend: B videos, P prompt tokens, C target tokens.
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,9 @@ from flax import nnx
 from vqathinker_jax.rl import grpo
 from vqathinker_jax.text import demo_tokenizer, tokenizer as tok_lib
 from vqathinker_jax.train.state import TrainState
+
+ANSWERS = ("label", "random", "random_scene")  # config.sft.answer: the scores the warm-start teaches
+SCENE_SHARE = 0.5  # random_scene: the share of [1, 5] the scene's draw spans (the rest: the video's)
 
 
 def target_text(label: float, think: str) -> str:
@@ -31,6 +36,37 @@ def target_length(tokenizer: tok_lib.Tokenizer, think: str) -> int:
   longest = max(len(tokenizer.encode(target_text(x, think)))
                 for x in (1.0, 1.9, 2.7, 3.5, 4.3, 5.0))
   return -(-(longest + 1) // 8) * 8
+
+
+def _unit(seed: int, key) -> float:
+  """A uniform draw in [0, 1) hashed from (seed, key): the same on every run and host."""
+  return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "big") / 2**64
+
+
+def answers(labels_B, video_ids_B, mode: str, seed: int, scenes_B=None):
+  """The scores the warm-start teaches (2 decimals, in [1, 5]).
+
+  `label`: the labels (supervised). The random modes teach the format only, with no label
+  information, so whatever ranking the model shows after GRPO its rewards taught it:
+  `random` hashes a uniform score from (seed, video id); `random_scene` (the synthetic set,
+  whose scenes are drawn independently of the distortions) adds two uniform draws, one per
+  scene (`scenes_B`, spanning SCENE_SHARE of the range) and one per video. A score fixed
+  per video keeps the model looking at the frames (a fresh draw per step teaches it to
+  ignore them); the scene part is learnable in a few hundred steps and gives a model
+  trained from scratch the visual grounding a pretrained VLM brings, while the video part
+  keeps the answers spread, so GRPO's samples differ (docs/method.md §4, "Warm-start")."""
+  labels_B = np.asarray(labels_B, np.float64)
+  if mode not in ANSWERS:
+    raise ValueError(f"sft answer mode {mode!r}: expected one of {ANSWERS}")
+  if mode == "label":
+    return labels_B
+  per_video = np.array([_unit(seed, v) for v in video_ids_B])
+  if mode == "random":
+    return np.round(1.0 + 4.0 * per_video, 2)
+  if scenes_B is None:
+    raise ValueError("sft answer mode 'random_scene' needs each video's scene")
+  per_scene = np.array([_unit(seed, f"scene/{s}") for s in scenes_B])
+  return np.round(1.0 + SCENE_SHARE * 4.0 * per_scene + (1.0 - SCENE_SHARE) * 4.0 * per_video, 2)
 
 
 def targets(tokenizer: tok_lib.Tokenizer, labels_B, think: str, length: int):

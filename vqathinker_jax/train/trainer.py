@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import optax
 
-from data_pipelines import perturb, pipeline
+from data_pipelines import perturb, pipeline, synthetic
 from vqathinker_jax import factory
 from vqathinker_jax.eval import evaluate
 from vqathinker_jax.model import sharding
@@ -93,6 +93,11 @@ def _device_batch(batch: dict, mesh, keys):
     x = np.asarray(batch[k])
     spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
     out[k] = jax.make_array_from_process_local_data(jax.sharding.NamedSharding(mesh, spec), x)
+  if jax.default_backend() == "cpu":
+    # XLA:CPU copies a host array over 100 KiB (the frames) on a pool thread; a step whose
+    # input is still being copied runs there too, where glibc mmaps its temporaries afresh
+    # (main._keep_freed_memory). Waiting here keeps the step on this thread.
+    jax.block_until_ready(out)
   return out
 
 
@@ -213,7 +218,11 @@ def _run_sft(run: _Run, graphdef, state):
   with jax.set_mesh(run.mesh):
     for s in range(run.latest + 1, S + 1):
       host = next(it)
-      host["targets"], host["target_mask"] = sft.targets(run.tokenizer, host["label"],
+      scenes = ([synthetic.scene_of(v, config.data.synthetic.scenes) for v in host["video_id"]]
+                if config.sft.answer == "random_scene" else None)
+      scores = sft.answers(host["label"], host["video_id"], config.sft.answer, config.seed,
+                           scenes)
+      host["targets"], host["target_mask"] = sft.targets(run.tokenizer, scores,
                                                          config.sft.think, C)
       b = _device_batch(host, run.mesh, ("frames", "targets", "target_mask"))
       run.profiler.before(s)
@@ -230,6 +239,10 @@ def _run_grpo(run: _Run, graphdef, sft_state):
   policy (evaluated too)."""
   config, S, N = run.config, run.sft_steps, run.grpo_steps
   total = S + N
+  if not N:  # SFT only (train.num_epochs=0): the warm-started policy is the final one
+    with jax.set_mesh(run.mesh):
+      run.evaluate(graphdef, sft_state, "final")
+    return policy(graphdef, sft_state)
   gcfg = grpo_config(config, run.tokenizer.special.stop_ids)
   reward_fn = grpo.vqathinker_rewards(rewards.byte_table(run.tokenizer), reward_config(config))
   tx = grpo_optimizer(config, N)
@@ -271,7 +284,8 @@ def _summarize(run: _Run) -> dict:
   path, wd = run.writer.path, run.workdir
   curve = _mean_reward_curve(run.writer.rows)
   k = max(1, len(curve) // 4)  # quarters: single batches' rewards are noisy
-  keys = ("srcc", "plcc", "plcc_fitted", "krcc", "rmse_label", "parse_failure_rate")
+  keys = ("srcc", "plcc", "plcc_fitted", "krcc", "rmse_label", "parse_failure_rate",
+          "n", "n_distinct_pred")
   seconds = run.timer.seconds
   summary = dict(
       workdir=str(wd), sft_steps=run.sft_steps, grpo_steps=run.grpo_steps,
@@ -279,6 +293,9 @@ def _summarize(run: _Run) -> dict:
                   for name, r in res.get("sets", {}).items()} for tag, res in run.evals.items()},
       reward_first=float(np.mean(curve[:k])) if curve else None,
       reward_last=float(np.mean(curve[-k:])) if curve else None,
+      # the spread of single steps' mean rewards within each quarter
+      reward_first_std=float(np.std(curve[:k])) if curve else None,
+      reward_last_std=float(np.std(curve[-k:])) if curve else None,
       reward_curve=[round(x, 3) for x in curve],
       timing=run.writer.timing_report({p: seconds.get(p, float("nan")) for p in ("sft", "grpo")}),
       eval_seconds={t: round(v, 1) for t, v in seconds.items() if t.startswith("eval/")},
