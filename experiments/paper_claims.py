@@ -7,8 +7,8 @@ by RL from score-level rewards generalises out of distribution better than super
 fine-tuning on the same labels. Here, on the demo's synthetic task (configs/demo.py: its
 model, data and budgets), per seed:
 
-  warm-start  the demo's format-only warm-start (`sft.answer=random`: a random score per
-              video, no label information), run once and shared by the GRPO arms;
+  warm-start  the demo's format-only warm-start (`sft.answer=random_scene`: a random score
+              per scene and video, no label information), run once and shared by the GRPO arms;
   arms        regression      GRPO, regression (+ format) reward only
               +ranking        GRPO, regression + ranking (fidelity) rewards
               +temporal       GRPO, all three (the method; temporal perturbations on)
@@ -173,9 +173,8 @@ def main():
       if not (wd / "summary.json").exists():
         wd.mkdir(parents=True, exist_ok=True)
         if arm != "sft_labels":  # starts from the shared warm-start checkpoint
-          shutil.copytree(warm / "checkpoints", wd / "checkpoints", dirs_exist_ok=True)
-          for f in ("tokenizer",):
-            shutil.copytree(warm / f, wd / f, dirs_exist_ok=True)
+          for d in ("checkpoints", "tokenizer"):
+            shutil.copytree(warm / d, wd / d, dirs_exist_ok=True)
         seconds[f"{seed}/{arm}"] = _main(wd, {**base, **_arm_overrides(arm, cfg, grpo_steps)},
                                          wd / "log.txt")
       runs[f"{seed}/{arm}"] = _figures(wd, "final")
