@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   sy.scenes = 0  # distinct scenes (clip i shows scene i % scenes; 0 = one per clip)
   sy.distortions = ""  # kinds a clip may get, comma-separated (synthetic.WEIGHTS; "" = all eight)
   sy.strengths = "1,2,3"  # levels an active distortion may take (a subset holds some out)
+  sy.exposure = "both"  # exposure's direction: both (drawn per clip) | under | over
   sy.test_fraction = 0.25  # held-out share (by id hash) for evaluation
 
   c.sft = f = ml_collections.ConfigDict()  # supervised warm-start on templated answers

@@ -31,7 +31,9 @@ RATER_NOISE = 0.1
 BLUR_SIGMA = (0.0, 0.8, 1.6, 2.6)
 NOISE_STD = (0.0, 6.0, 12.0, 22.0)
 CRF = (16, 30, 40, 50)
-EXPOSURE_GAIN = (0.0, 0.25, 0.45, 0.65)  # multiplicative, direction drawn per clip
+EXPOSURE_GAIN = (0.0, 0.25, 0.45, 0.65)  # multiplicative
+# Exposure's direction: drawn per clip (both), or always darker (under) or brighter (over).
+EXPOSURE = {"both": None, "under": -1, "over": 1}
 CAST_OFFSET = (0.0, 12.0, 24.0, 40.0)
 
 
@@ -105,11 +107,14 @@ def _blur(frames_TxHxWx3, sigma):
   return out
 
 
-def distort(frames_TxHxWx3, levels, rng):
-  """Pixel-domain distortions (all but compression, which happens in the encoder)."""
+def distort(frames_TxHxWx3, levels, rng, exposure="both"):
+  """Pixel-domain distortions (all but compression, which happens in the encoder);
+  `exposure` is a key of EXPOSURE."""
   out = _blur(frames_TxHxWx3, BLUR_SIGMA[levels["blur"]])
   out = out + rng.normal(0.0, NOISE_STD[levels["noise"]], out.shape)
-  out = out * (1.0 + rng.choice([-1, 1]) * EXPOSURE_GAIN[levels["exposure"]])
+  sign = rng.choice([-1, 1])  # drawn either way: a fixed direction changes no other draw
+  sign = EXPOSURE[exposure] or sign
+  out = out * (1.0 + sign * EXPOSURE_GAIN[levels["exposure"]])
   cast = rng.normal(size=3)
   out = out + CAST_OFFSET[levels["colour_cast"]] * cast / np.linalg.norm(cast)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
@@ -144,7 +149,8 @@ def scene_of(video_id: str, scenes: int) -> int:
 
 def make_clip(args):
   """Renders, distorts and encodes clip `index` -> (video_id, mos, levels). Deterministic."""
-  videos_dir, index, seed, num_frames, height, width, fps, distortions, scenes, strengths = args
+  (videos_dir, index, seed, num_frames, height, width, fps, distortions, scenes, strengths,
+   exposure) = args
   rng = np.random.default_rng([seed, index])
   levels = draw_levels(rng, distortions, strengths)
   time_T = timeline(levels, num_frames, rng)
@@ -153,19 +159,20 @@ def make_clip(args):
   scene_rng = np.random.default_rng([seed, index % scenes, 1 << 20]) if scenes else rng
   frames = render(time_T, height, width, scene_rng)
   video_id = f"synthetic_{index:05d}.mp4"
-  encode(os.path.join(videos_dir, video_id), distort(frames, levels, rng),
+  encode(os.path.join(videos_dir, video_id), distort(frames, levels, rng, exposure),
          CRF[levels["compression"]], fps)
   return video_id, round(mos(levels, rng), 2), levels
 
 
 def generate(out_dir, num_videos=48, seed=0, num_frames=24, height=64, width=96, fps=24,
-             workers=0, distortions=None, scenes=0, strengths=(1, 2, 3)):
+             workers=0, distortions=None, scenes=0, strengths=(1, 2, 3), exposure="both"):
   """Writes out_dir/videos/*.mp4, out_dir/labels.json and out_dir/distortions.json.
 
   `distortions`: the kinds a clip may get (names of WEIGHTS; None: all), e.g. the ones a
   tiny model can see at low resolution; `scenes` > 0 renders only that many distinct
   scenes (clip i shows scene i % scenes), 0 one per clip; `strengths` the levels an active
-  distortion may take. Scenes are drawn from `seed`: another seed renders other scenes.
+  distortion may take; `exposure` its direction (a key of EXPOSURE). Scenes are drawn from
+  `seed`: another seed renders other scenes.
   Returns (labels_path, videos_dir), ready for builder.build("synthetic", ...).
   """
   if num_videos < 1 or num_frames < 1:
@@ -175,15 +182,18 @@ def generate(out_dir, num_videos=48, seed=0, num_frames=24, height=64, width=96,
     unknown = sorted(set(distortions) - set(WEIGHTS))
     if unknown or not distortions:
       raise ValueError(f"distortions {unknown or '(none)'} not among {sorted(WEIGHTS)}")
-  videos_dir = os.path.join(out_dir, "videos")
-  os.makedirs(videos_dir, exist_ok=True)
+  if exposure not in EXPOSURE:
+    raise ValueError(f"exposure must be one of {sorted(EXPOSURE)}, got {exposure!r}")
   if scenes < 0:
     raise ValueError(f"scenes must be >= 0, got {scenes}")
   strengths = tuple(int(x) for x in strengths)
   if not strengths or any(not 1 <= x < LEVELS for x in strengths):
     raise ValueError(f"strengths must be levels in 1..{LEVELS - 1}, got {strengths}")
-  jobs = [(videos_dir, i, seed, num_frames, height, width, fps, distortions, scenes, strengths)
-          for i in range(num_videos)]
+  # Only once every argument is good, so that a bad call leaves nothing behind.
+  videos_dir = os.path.join(out_dir, "videos")
+  os.makedirs(videos_dir, exist_ok=True)
+  jobs = [(videos_dir, i, seed, num_frames, height, width, fps, distortions, scenes, strengths,
+           exposure) for i in range(num_videos)]
   if workers > 0:
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
       clips = pool.map(make_clip, jobs)

@@ -119,6 +119,9 @@ CASES = [
      ["config.sft.answer='random_scene': random_scene draws a score per scene"]),
     ("strengths", _set(**{"data.synthetic.strengths": "2,4"}), {},
      ["config.data.synthetic.strengths='2,4': must be levels among 1,2,3"]),
+    ("exposure", _set(**{"data.synthetic.exposure": "unde"}), {},
+     ["config.data.synthetic.exposure='unde': must be one of 'both', 'under', 'over' "
+      "(did you mean 'under'?)"]),
     ("epochs", _set(**{"train.num_steps": 0, "train.num_epochs": -1}), {},
      ["config.train.num_epochs=-1: must be >= 0 (config.train.num_steps=0 takes"]),
     ("nothing_to_train", _set(**{"train.num_steps": 0, "train.num_epochs": 0, "sft.steps": 0}),

@@ -302,6 +302,12 @@ def _check_values(c: _Checker) -> None:
     allowed = [str(x) for x in range(1, synthetic.LEVELS)]
     if not parts or any(x not in allowed for x in parts):
       c.bad(s + "strengths", f"must be levels among {','.join(allowed)}, comma-separated")
+  exposure = c.str_(s + "exposure")
+  if exposure is not None:
+    from data_pipelines import synthetic
+    if exposure not in synthetic.EXPOSURE:
+      c.bad(s + "exposure", f"must be one of {', '.join(map(repr, synthetic.EXPOSURE))}"
+            f"{_suggest(exposure, synthetic.EXPOSURE, quote=True)}")
   c.at_least(s + "num_videos", 1)
   c.at_least(s + "scenes", 0, "0: one scene per clip")
   c.at_least(s + "num_frames", 1)

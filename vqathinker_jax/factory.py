@@ -170,7 +170,7 @@ def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 
   out = data_dir(config, workdir)
   root = out.parent / "synthetic_videos"
   settings = dict(num_videos=s.num_videos, seed=s.seed, num_frames=s.num_frames,
-                  height=s.height, width=s.width, scenes=s.scenes,
+                  height=s.height, width=s.width, scenes=s.scenes, exposure=s.exposure,
                   strengths=[int(x) for x in str(s.strengths).split(",") if x.strip()],
                   distortions=[d.strip() for d in s.distortions.split(",") if d.strip()] or None)
 

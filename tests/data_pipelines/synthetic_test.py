@@ -72,6 +72,25 @@ def test_distortions_change_the_pixels_as_graded():
   assert (np.diff(held) == 0).sum() == 9 and (np.diff(skipped) == 3).sum() >= 8
 
 
+def test_exposure_direction_fixed_or_drawn_and_nothing_else_moves():
+  clean = dict.fromkeys(synthetic.WEIGHTS, 0)
+  frames = synthetic.render(np.arange(2.0), 32, 48, np.random.default_rng(0))
+  levels = dict(clean, exposure=2, noise=1, colour_cast=1)
+  def mean(exposure, seed):
+    return synthetic.distort(frames, levels, np.random.default_rng(seed), exposure).mean()
+  base = synthetic.distort(frames, clean, np.random.default_rng(0)).mean()
+  drawn = [mean("both", s) for s in range(20)]
+  assert min(drawn) < base < max(drawn)  # both directions occur
+  assert all(mean("under", s) < base < mean("over", s) for s in range(20))
+  # A fixed direction only flips the gain's sign: each clip's draws after it (the colour
+  # cast) are the ones the drawn direction would give, so `both` makes the same clips.
+  for s in range(20):
+    same = mean("under" if drawn[s] < base else "over", s)
+    assert same == drawn[s]
+  with pytest.raises(ValueError, match="exposure must be one of"):
+    synthetic.generate("/nonexistent", num_videos=1, exposure="dark")
+
+
 def test_distortion_subset_and_shared_scenes(tmp_path):
   kinds = ("noise", "blur")
   labels, videos = synthetic.generate(str(tmp_path / "s"), num_videos=8, seed=3, num_frames=8,
