@@ -46,13 +46,19 @@ def indices(mode, num_frames, rng):
 
 
 def _duplicate(t, rng):
-  """Insert frame p n times right after itself, then delete n of the other frames."""
-  n = int(rng.integers(1, min(MAX_DUPLICATES, t - 1) + 1)) if t > 1 else 0
-  p = int(rng.integers(t))
-  others = np.delete(np.arange(t), p)
-  kept = np.sort(rng.choice(others, len(others) - n, replace=False))
-  # Order is kept: the n + 1 copies of p sit where p was.
-  return np.sort(np.concatenate([kept, np.full(n + 1, p)]))
+  """The reference's duplicate: n copies of frame d go in at an independent position
+  (0..t, before frame `pos`), then n of the t original frames, chosen uniformly (d among
+  them), are removed; the output is often out of order."""
+  if t < 2:
+    return np.arange(t)
+  d = int(rng.integers(t))
+  n = int(rng.integers(1, min(MAX_DUPLICATES, t - 1) + 1))
+  pos = int(rng.integers(t + 1))
+  keep_T = np.ones(t, bool)
+  keep_T[rng.choice(t, n, replace=False)] = False
+  frames_T = np.arange(t)
+  return np.concatenate([frames_T[:pos][keep_T[:pos]], np.full(n, d),
+                         frames_T[pos:][keep_T[pos:]]])
 
 
 def sample(rng, num_copies, num_frames, modes=MODES):
