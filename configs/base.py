@@ -154,6 +154,8 @@ def get_config() -> ml_collections.ConfigDict:
   e.max_new_tokens = 1024  # greedy generation limit (docs/method.md §5)
   e.prompt_layout = "train"  # train (docs/method.md §2) | reference_eval (the release's batch_infer.py)
   e.train_selection = False  # SlowFast training frame selection instead of evaluation's
+  # first <answer>: lenient (its first number) | reference (float() of it all, as the release)
+  e.parse = "lenient"
   e.max_videos = 0  # per set, for quick looks (0: all)
 
   c.predict = p = ml_collections.ConfigDict()
@@ -164,6 +166,7 @@ def get_config() -> ml_collections.ConfigDict:
   p.batch_size = 4  # videos per rollout batch
   p.prompt_layout = "train"  # 'train' (docs/method.md §2) | 'reference_eval' (the release's batch_infer.py)
   p.train_selection = False  # SlowFast training frame selection (T//3, x6) instead of eval (T//4, x4)
+  p.parse = "lenient"  # first <answer>: lenient (its first number) | reference (float() of it all)
 
   c.smoke = s = ml_collections.ConfigDict()
   s.batch = 2  # videos in the smoke batch

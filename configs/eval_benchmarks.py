@@ -31,4 +31,8 @@ def get_config(arg: str = "8b"):
   e.size = 560  # docs/method.md §5 (position embeddings resized to the 40x40 grid)
   e.max_new_tokens = 1024  # greedy generation limit (docs/method.md §5)
   e.max_videos = 0  # every video
+  # The release's batch_infer.py prompt and parse, so that scores compare with its numbers
+  # (docs/method.md §7); the failure rate under the lenient parse is reported beside.
+  e.prompt_layout = "reference_eval"
+  e.parse = "reference"
   return c

@@ -74,6 +74,8 @@ def test_eval_benchmarks_covers_spec_sets():
     sets = c.eval.sets.split(",")
     assert len(sets) == 11 and set(sets) == set(labels.BENCHMARKS) - {"lsvq_train", "synthetic"}
     assert (c.mode, c.eval.frames, c.eval.size, c.eval.max_new_tokens) == ("eval", 12, 560, 1024)
+    # The release's evaluation prompt and parse (docs/method.md §5, §7).
+    assert (c.eval.prompt_layout, c.eval.parse) == ("reference_eval", "reference")
     assert c.model.checkpoint and not c.model.slowfast_weights
     assert c.mesh == _load(run).mesh
   with pytest.raises(ValueError, match="eval_benchmarks.py:2b"):

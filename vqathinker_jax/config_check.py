@@ -23,6 +23,7 @@ import numpy as np
 from data_pipelines import builder
 from vqathinker_jax.model import (attention_kernels, config as model_config, layers, llm,
                                   sharding, slowfast)
+from vqathinker_jax.eval import report
 from vqathinker_jax.rl import grpo, rewards, rollout
 from vqathinker_jax.text import tokenizer as tok_lib
 from vqathinker_jax.train import sft, state as train_state
@@ -46,6 +47,8 @@ CHOICES = {
     "train.optimizer.schedule": train_state.SCHEDULES,
     "eval.prompt_layout": tok_lib.LAYOUTS,
     "predict.prompt_layout": tok_lib.LAYOUTS,
+    "eval.parse": report.PARSERS,
+    "predict.parse": report.PARSERS,
 }
 # URL workdirs: scheme -> the fsspec file system epath writes it with.
 URL_FILESYSTEMS = {"gs": "gcs", "s3": "s3", "az": "az"}

@@ -89,6 +89,9 @@ def test_writes_report_plot_and_one_reasoning_line_per_video(base, source):
     assert x["text"] == v["text"] and x["prediction"] == v["prediction"]
   assert js["metrics"]["n"] == 12
   assert js["metrics"]["parse_failure_rate"] == sum(not x["parse_ok"] for x in lines) / 12
+  for parser in report.PARSERS:  # each parser's failure rate, beside the one used
+    assert js["metrics"][f"parse_failure_rate_{parser}"] == sum(
+        not report.parse_eval_answer(x["text"], parser)[1] for x in lines) / 12
 
 
 def test_greedy_is_deterministic_and_padding_invariant(model, tok, source, base, tmp_path):
@@ -99,12 +102,14 @@ def test_greedy_is_deterministic_and_padding_invariant(model, tok, source, base,
   assert _texts(json.loads(pathlib.Path(by5["json_path"]).read_text())) == _texts(base[1])
 
 
-def test_max_videos_caps(model, tok, source, base, tmp_path):
-  rep = _eval(model, tok, source, tmp_path, max_videos=5)
+def test_max_videos_caps_and_the_parse_is_chosen(model, tok, source, base, tmp_path):
+  rep = _eval(model, tok, source, tmp_path, max_videos=5, parse="reference")
   js = json.loads(pathlib.Path(rep["json_path"]).read_text())
   assert rep["n"] == js["metrics"]["n"] == 5
   assert len(pathlib.Path(rep["reasoning_path"]).read_text().splitlines()) == 5
   assert _texts(js) == _texts(base[1])[:5]
+  assert [(v["prediction"], v["parse_ok"]) for v in js["videos"]] == [
+      report.parse_eval_answer(v["text"], "reference") for v in js["videos"]]
   with pytest.raises(ValueError, match="at least 3"):
     _eval(model, tok, source, tmp_path, max_videos=2)
 

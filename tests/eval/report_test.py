@@ -33,6 +33,44 @@ def test_parse_eval_answer(text, expected):
   assert isinstance(score, float)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("<think>x</think><answer>3.45</answer>", (3.45, True)),
+    ("<answer>\n 3.45 \n</answer>", (3.45, True)),                     # float() strips
+    ("<answer>Score: 3.45</answer>", (3.0, False)),                     # the release's 3.0
+    ("<answer>3.5 or 4</answer>", (3.0, False)),
+    ("<answer>2.5</answer><answer>4.75</answer>", (2.5, True)),         # FIRST answer
+    ("<answer>1e0</answer>", (1.0, True)),                              # float() syntax
+    ("<answer>nan</answer>", (3.0, False)),                             # non-finite: fallback
+    ("<think>4.5</think>", (3.0, False)),
+])
+def test_reference_parse_is_float_of_the_first_answer(text, expected):
+  assert E.parse_eval_answer(text, "reference") == expected
+
+
+def test_reference_parse_restated():
+  """Against a plain restatement of the release's evaluation parse on assorted answers."""
+  import re
+
+  def release(text):  # -> (score, parsed)
+    m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    try:
+      return (float(m.group(1)), True) if m else (3.0, False)
+    except ValueError:
+      return 3.0, False
+
+  contents = ["4", " 2.25", "4.", ".5", "+3", "-0", "3,5", "３.５", "1_0", "5/5", "", "inf"]
+  for c in contents:
+    text = f"<think>t</think><answer>{c}</answer>"
+    want, parsed = release(text)
+    if abs(want) == float("inf"):  # ours: non-finite falls back (docs/method.md §5)
+      want, parsed = 3.0, False
+    assert E.parse_eval_answer(text, "reference") == (want, parsed), c
+  rates = E.parse_failure_rates(["<answer>Score: 3</answer>", "<answer>3</answer>", "none"])
+  assert rates == {"parse_failure_rate_reference": 2 / 3, "parse_failure_rate_lenient": 1 / 3}
+  with pytest.raises(ValueError, match="parse must be one of"):
+    E.parse_eval_answer("<answer>3</answer>", "strict")
+
+
 def _dataset(n, seed):
   rng = np.random.default_rng(seed)
   mos = rng.uniform(1, 5, n)

@@ -1,6 +1,7 @@
 """Evaluation (docs/method.md §5): greedy generation over the built data sets, the first `<answer>`
-parsed (fallback 3.0), SRCC/KRCC/PLCC (raw and 4-parameter logistic)/RMSE against the
-native MOS and the parse-failure rate per data set.
+parsed (`config.eval.parse`, fallback 3.0), SRCC/KRCC/PLCC (raw and 4-parameter
+logistic)/RMSE against the native MOS and the parse-failure rate per data set (under each
+parser).
 
 Per data set, `{out_dir}/{name}.json` (metrics + every video), `{name}.png` (scatter and
 logistic fit) and `{name}_reasoning.jsonl` (one line per video with its text);
@@ -59,7 +60,8 @@ def _f32(v) -> float:
 
 def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, out_dir,
                     batch_size: int, max_new_tokens: int, prompt_layout: str = "train",
-                    train_selection: bool = False, max_videos: int = 0) -> dict:
+                    train_selection: bool = False, max_videos: int = 0,
+                    parse: str = "lenient") -> dict:
   """Scores the records of ``source`` in order (the first ``max_videos`` if > 0) and writes
   the report, plot and reasoning lines (process 0 only; every process generates).
 
@@ -92,7 +94,7 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
   t0 = time.perf_counter()
   scored = predict.score_batches(model, tokenizer, frames(), prompt=prompt,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 train_selection=train_selection)
+                                 train_selection=train_selection, parse=parse)
   seconds = time.perf_counter() - t0
   pred = [s.score for s in scored]
   ok = [s.parsed for s in scored]
@@ -111,6 +113,7 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
     m = correlation.evaluate(pred, mos)
     m["n_parse_fail"] = n - int(sum(ok))
     m["parse_failure_rate"] = m["n_parse_fail"] / n
+    m.update(report.parse_failure_rates(texts))
     m = report._jsonable(m)  # pylint: disable=protected-access
   m["rmse_label"] = correlation.rmse(pred, labels)
   return dict(dataset=name, metrics=m, n=n, frames=int(T), size=int(H),
@@ -147,7 +150,7 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
       reports[n] = evaluate_source(
           model, tokenizer, source, n, out_dir=out_dir, batch_size=e.batch_size,
           max_new_tokens=e.max_new_tokens, prompt_layout=e.prompt_layout,
-          train_selection=e.train_selection, max_videos=e.max_videos)
+          train_selection=e.train_selection, max_videos=e.max_videos, parse=e.parse)
   summary = dict(tag=tag, split=e.split, frames=e.frames, size=e.size, sets=reports,
                  out_dir=str(out_dir), summary_path=str(out_dir / "summary.json"))
   summary = report._jsonable(summary)  # pylint: disable=protected-access  # NaN -> null

@@ -32,7 +32,7 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 class Prediction:
   video: str
   score: float | None   # None when the video could not be read
-  parsed: bool          # an <answer> with a number was found (else docs/method.md §5's fallback 3.0)
+  parsed: bool          # the first <answer> parsed (else docs/method.md §5's fallback 3.0)
   text: str             # the model's reasoning and answer
   error: str | None = None
 
@@ -54,8 +54,8 @@ def list_videos(spec) -> list[pathlib.Path]:
 
 class Scored(NamedTuple):
   text: str      # the model's reasoning and answer
-  score: float   # docs/method.md §5: the first <answer>'s number, else 3.0
-  parsed: bool   # an <answer> with a number was found
+  score: float   # docs/method.md §5: the first <answer> parsed, else 3.0
+  parsed: bool   # the first <answer> parsed (report.parse_eval_answer)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -86,14 +86,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
                   prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
-                  train_selection: bool = False) -> list[Scored]:
+                  train_selection: bool = False, parse: str = "lenient") -> list[Scored]:
   """Greedy generation + docs/method.md §5 parse for uint8 [T, H, W, 3] videos, in order.
 
   ``frames`` is consumed lazily, one batch at a time (an evaluation set does not fit in
   host memory). Every batch has the same shape (the last one is padded by repetition), so
   the rollout compiles once. Call inside `jax.set_mesh(mesh)` to split the batch over the
   mesh. ``train_selection``: SlowFast's training frame selection (T//3, x6) instead of the
-  evaluation one (T//4, x4).
+  evaluation one (T//4, x4). ``parse``: `report.parse_eval_answer`'s parser.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -112,7 +112,7 @@ def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarr
     tokens_BC, lengths_B = _to_host(tokens_NC)[:n], _to_host(lengths_N)[:n]
     texts = [tokenizer.decode(t[:k]) for t, k in zip(tokens_BC, lengths_B)]
     return [Scored(t, float(s), bool(ok))
-            for t, (s, ok) in zip(texts, map(report.parse_eval_answer, texts))]
+            for t, (s, ok) in zip(texts, (report.parse_eval_answer(t, parse) for t in texts))]
 
   results, pending = [], None
   for chunk in _batches(frames, batch_size):
@@ -129,7 +129,7 @@ def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarr
 
 def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: int, size: int,
             max_new_tokens: int = 1024, batch_size: int = 4, prompt_layout: str = "train",
-            train_selection: bool = False) -> list[Prediction]:
+            train_selection: bool = False, parse: str = "lenient") -> list[Prediction]:
   """Greedy predictions in the order of ``videos`` (`score_batches` over the videos that
   decode; the others get an error entry). Videos are decoded as the batches need them.
 
@@ -155,7 +155,8 @@ def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: in
       yield frames_THWC
 
   scored = score_batches(model, tokenizer, decoded(), prompt=prompt, batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, train_selection=train_selection)
+                         max_new_tokens=max_new_tokens, train_selection=train_selection,
+                         parse=parse)
   results = {i: Prediction(str(videos[i]), s.score, s.parsed, s.text)
              for i, s in zip(good, scored)}
   return [results.get(i) or errors[i] for i in range(len(videos))]
@@ -179,7 +180,8 @@ def run(config, workdir) -> dict:
   with jax.set_mesh(mesh):
     preds = predict(m, tokenizer, paths, frames=c.frames, size=c.size,
                     max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
-                    prompt_layout=c.prompt_layout, train_selection=c.train_selection)
+                    prompt_layout=c.prompt_layout, train_selection=c.train_selection,
+                    parse=c.parse)
   workdir = epath.Path(workdir)  # gs:// keeps its scheme
   workdir.mkdir(parents=True, exist_ok=True)
   out = workdir / "predictions.json"

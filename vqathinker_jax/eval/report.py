@@ -25,21 +25,44 @@ NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 FALLBACK_SCORE = 3.0
 
 
-def parse_eval_answer(text: str | None) -> tuple[float, bool]:
-  """(score, ok) of a generated completion: the first number in the FIRST
-  `<answer>...</answer>`. Without one (or without a number in it) -> (3.0, False).
+PARSERS = ("reference", "lenient")  # config.eval.parse / config.predict.parse
 
-  Deliberately unlike the rewards (docs/method.md §3: last answer, whole text if none); the number
-  pattern and its Unicode-aware `\\d` are the rewards' own.
+
+def parse_eval_answer(text: str | None, parse: str = "lenient") -> tuple[float, bool]:
+  """(score, ok) of a generated completion, from its FIRST `<answer>...</answer>`.
+
+  `lenient`: the first number inside it ("Score: 3.45" -> 3.45). `reference`: Python's
+  `float()` of its whole content, as the release's evaluation does ("Score: 3.45" -> 3.0,
+  " 3.45 " -> 3.45). Without an answer, or when that fails -> (3.0, False); so does a
+  non-finite value (e.g. "nan", or 400 digits), which would make the correlations undefined.
+  Deliberately unlike the rewards (docs/method.md §3: last answer, whole text if none); the
+  lenient number pattern and its Unicode-aware `\\d` are the rewards' own.
   """
+  if parse not in PARSERS:
+    raise ValueError(f"parse must be one of {PARSERS}, got {parse!r}")
   m = ANSWER_RE.search(text or "")
-  num = NUMBER_RE.search(m.group(1)) if m else None
-  if num is None:
+  if m is None:
     return FALLBACK_SCORE, False
-  score = float(num.group(0))
-  if not math.isfinite(score):             # e.g. 400 digits overflow to inf
+  if parse == "reference":
+    try:
+      score = float(m.group(1))
+    except ValueError:
+      return FALLBACK_SCORE, False
+  else:
+    num = NUMBER_RE.search(m.group(1))
+    if num is None:
+      return FALLBACK_SCORE, False
+    score = float(num.group(0))
+  if not math.isfinite(score):
     return FALLBACK_SCORE, False
   return score, True
+
+
+def parse_failure_rates(texts: Sequence[str | None]) -> dict[str, float]:
+  """The share of `texts` each parser fails on: {"parse_failure_rate_<parser>": rate}."""
+  n = max(len(texts), 1)
+  return {f"parse_failure_rate_{p}": sum(not parse_eval_answer(t, p)[1] for t in texts) / n
+          for p in PARSERS}
 
 
 def _jsonable(v: Any) -> Any:
@@ -117,7 +140,8 @@ def write_report(out_dir, dataset_name: str, video_ids: Sequence[str],
                  texts: Sequence[str | None], parse_ok: Sequence[bool]) -> dict[str, Any]:
   """Writes `{out_dir}/{dataset}.json` and `{dataset}.png`; returns the report.
 
-  JSON: `{"dataset", "metrics": correlation.evaluate(...) + n_parse_fail, parse_failure_rate,
+  JSON: `{"dataset", "metrics": correlation.evaluate(...) + n_parse_fail, parse_failure_rate
+  (of the parse that gave `parse_ok`) and parse_failure_rate_<parser> for every parser,
   "videos": [{"video_id", "prediction", "mos", "parse_ok", "text"}, ...]}`, NaN written as
   null. The returned dict is that plus `json_path` and `png_path`. Predictions of failed
   parses are expected to be the fallback already (they are scored as given).
@@ -134,6 +158,7 @@ def write_report(out_dir, dataset_name: str, video_ids: Sequence[str],
   n_fail = int((~ok).sum())
   m["n_parse_fail"] = n_fail
   m["parse_failure_rate"] = n_fail / n
+  m.update(parse_failure_rates(texts))
   report = {
       "dataset": str(dataset_name),
       "metrics": m,
