@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
   m.attention = "auto"  # attention kernel: auto (splash on TPU, cuDNN on GPU) | xla | splash | cudnn
   m.scan_layers = False  # decoder layers as one lax.scan in the update/SFT passes (faster compiles)
+  # InternViT stochastic depth in the GRPO rollouts and update (the release trains in train
+  # mode; evaluation never drops): the last block's rate, linspace(0, rate) over the blocks.
+  # 0 = off; -1 = the checkpoint's own vision_config.drop_path_rate (docs/method.md §4, §7)
+  m.drop_path_rate = 0.0
   m.arch = a = ml_collections.ConfigDict()  # architecture, used only when `checkpoint` is ""
   a.image_token_id = 151667  # <IMG_CONTEXT>
   a.vision_feature_layer = -1  # ViT hidden state fed to the projector (-1: last block)
@@ -69,6 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
   d.read_threads = 4  # records read at once per process
   d.prefetch = 4  # batches held ahead per process
   d.worker_count = 0  # Grain worker processes (0: read in the trainer's process)
+  # Turn frames by the clips' rotation metadata (phone clips), as a player shows them. False:
+  # the stored orientation, as the reference's reader does (its rotated clips reach the
+  # model sideways); such sets are built and read as `{name}_{T}x{S}_norot`
+  # (prepare --nohonour_rotation). Also used by predict.
+  d.honour_rotation = True
   d.synthetic = sy = ml_collections.ConfigDict()  # generate + build the synthetic data set if missing
   sy.enabled = False  # on: `train` and the eval sets are the synthetic set, made under data_dir
   sy.num_videos = 48  # clips to render
@@ -124,6 +133,12 @@ def get_config() -> ml_collections.ConfigDict:
   r.ranking_weight = 1.0  # weight of the ranking (fidelity) reward
   r.regression_weight = 1.0  # weight of the regression reward
   r.format_weight = 1.0  # weight of the format reward
+  # no number parsed: zero (invalid: rewards 0, out of the statistics) | random (the release:
+  # a randint(1, 5) score, drawn apart for regression and ranking, then valid)
+  r.invalid = "zero"
+  # decimals for the coarse penalty: written ("3.50" -> 2) | float_str (the release: of
+  # str(float(x)), trailing zeros dropped: "3.50" -> 1)
+  r.decimals = "written"
 
   c.train = tr = ml_collections.ConfigDict()
   tr.batch_size = 32  # videos per GRPO step, global (docs/method.md §4: 32 videos, 128 completions)
@@ -157,6 +172,14 @@ def get_config() -> ml_collections.ConfigDict:
   # first <answer>: lenient (its first number) | reference (float() of it all, as the release)
   e.parse = "lenient"
   e.max_videos = 0  # per set, for quick looks (0: all)
+  # Built multiple-choice quality QA sets (python -m data_pipelines.qa), comma-separated;
+  # accuracy into {name}_qa.json. "synthetic_qa" (with data.synthetic on) is generated from
+  # the synthetic clips of eval.split and built. "" = none.
+  e.qa_sets = ""
+  e.qa_num_options = 4  # options per generated synthetic_qa question (2-9, "none" included)
+  # How often the <think> of a scored clip names its distortion, for sets with distortion
+  # labels (the synthetic set): {name}_attribution.json
+  e.attribution = True
 
   c.predict = p = ml_collections.ConfigDict()
   p.videos = ""  # comma-separated video paths, or a folder of videos

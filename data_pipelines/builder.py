@@ -7,6 +7,8 @@ resumes where it stopped), then TFDS writes the records. Each bad video or label
 with a reason in a JSON report next to the data set; the build fails only if no video
 succeeds. The data set lands in `data_dir/video_quality/{name}_{T}x{S}/VERSION`, so one
 benchmark can be kept at several samplings (e.g. 6x448 for training, 12x560 for evaluation).
+Built with `honour_rotation=False` (frames at their stored orientation, as the reference
+reads them) it is `{name}_{T}x{S}_norot`: the two are never mistaken for each other.
 """
 
 from __future__ import annotations
@@ -37,20 +39,26 @@ class BuildError(RuntimeError):
   """No video could be used; the message summarises why."""
 
 
-def tfds_name(name, frames, size):
-  """The TFDS name (`builder/config`) of benchmark `name` sampled at `frames` x `size`²."""
-  return f"{BUILDER_NAME}/{name}_{frames}x{size}"
+NO_ROTATION_SUFFIX = "_norot"  # config-name suffix of sets built with honour_rotation=False
+
+
+def tfds_name(name, frames, size, honour_rotation=True):
+  """The TFDS name (`builder/config`) of benchmark `name` sampled at `frames` x `size`²
+  (`..._norot` when built without honouring rotation metadata)."""
+  suffix = "" if honour_rotation else NO_ROTATION_SUFFIX
+  return f"{BUILDER_NAME}/{name}_{frames}x{size}{suffix}"
 
 
 class VideoQualityConfig(tfds.core.BuilderConfig):
   """One benchmark (labels.Benchmark: MOS scale, split rule) at one sampling."""
 
-  def __init__(self, *, benchmark, frames, size, **kwargs):
-    super().__init__(name=tfds_name(benchmark.name, frames, size).split("/")[1],
+  def __init__(self, *, benchmark, frames, size, honour_rotation=True, **kwargs):
+    super().__init__(name=tfds_name(benchmark.name, frames, size, honour_rotation).split("/")[1],
                      version=VERSION, **kwargs)
     self.benchmark = benchmark
     self.frames = frames
     self.size = size
+    self.honour_rotation = honour_rotation
 
 
 class VideoQuality(tfds.core.GeneratorBasedBuilder):
@@ -90,13 +98,15 @@ class VideoQuality(tfds.core.GeneratorBasedBuilder):
             "fps": tfds.features.Scalar(dtype=np.float32),
             "height": tfds.features.Scalar(dtype=np.int32),  # displayed, after rotation
             "width": tfds.features.Scalar(dtype=np.int32),
+            # The clip's display rotation; the frames show it turned unless the set was
+            # built with honour_rotation=False (metadata, and the _norot name).
             "rotation": tfds.features.Scalar(dtype=np.int32),
             "short": tfds.features.Scalar(dtype=np.bool_),  # fewer source frames than T
             "repeated": tfds.features.Scalar(dtype=np.int32),  # undecodable slots filled
         }),
         metadata=tfds.core.MetadataDict(
             benchmark=c.benchmark.name, frames=c.frames, size=c.size,
-            split_rule=c.benchmark.split),
+            split_rule=c.benchmark.split, honour_rotation=c.honour_rotation),
     )
 
   def _split_generators(self, dl_manager):
@@ -163,18 +173,21 @@ def _jobs(labels, videos_dir, cache_dir, config):
       st = os.stat(path)
       key = (f"{VERSION}|{label.video_id}|{st.st_size}|{st.st_mtime_ns}|"
              f"{config.frames}|{config.size}")
+      if not config.honour_rotation:  # only then: the default's cache keys stay as they were
+        key += "|norot"
       cache_file = os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest() + ".npz")
-      jobs.append((label.video_id, path, cache_file, config.frames, config.size))
+      jobs.append((label.video_id, path, cache_file, config.frames, config.size,
+                   config.honour_rotation))
   return jobs, problems
 
 
 def decode_to_cache(job):
   """Worker: decodes one video into its cache file -> (video_id, cache_file, problem, cached)."""
-  video_id, path, cache_file, frames, size = job
+  video_id, path, cache_file, frames, size, honour_rotation = job
   if os.path.exists(cache_file):
     return video_id, cache_file, None, True
   try:
-    d = decode_lib.decode(path, frames, size)
+    d = decode_lib.decode(path, frames, size, honour_rotation=honour_rotation)
   except decode_lib.DecodeError as e:
     kind = labels_lib.NO_VIDEO_STREAM if e.no_video else labels_lib.UNDECODABLE
     return video_id, None, labels_lib.Problem(video_id, kind, str(e)), False
@@ -229,8 +242,10 @@ def _decode_all(jobs, workers, progress):
 def _report(bench, config, scale, rows, problems, splits, cached, videos_dir):
   kinds = collections.Counter(p.kind for p in problems)
   return dict(
-      name=bench.name, tfds_name=tfds_name(bench.name, config.frames, config.size),
-      frames=config.frames, size=config.size, mos_range=list(scale) if scale else None,
+      name=bench.name,
+      tfds_name=tfds_name(bench.name, config.frames, config.size, config.honour_rotation),
+      frames=config.frames, size=config.size, honour_rotation=config.honour_rotation,
+      mos_range=list(scale) if scale else None,
       split_rule=bench.split, videos_dir=os.path.abspath(videos_dir), label_rows=rows,
       ok=sum(len(v) for v in splits.values()),
       short=sum(1 for v in splits.values() for item in v if _is_short(item, config.frames)),
@@ -260,13 +275,16 @@ def _rewrite_uncompressed(dataset_dir):
     os.replace(tmp, path)
 
 
-def fingerprint(name, labels, videos, frames, size, bench, compress=True):
+def fingerprint(name, labels, videos, frames, size, bench, compress=True, honour_rotation=True):
   """A hash of everything the data set is a function of: label file, settings, video files."""
   h = hashlib.sha256()
   with open(labels, "rb") as f:
     h.update(f.read())
-  h.update(json.dumps([VERSION, name, os.path.abspath(videos), frames, size,
-                       bench.mos_range, bench.split, compress]).encode())
+  settings = [VERSION, name, os.path.abspath(videos), frames, size, bench.mos_range, bench.split,
+              compress]
+  if not honour_rotation:  # only then: sets built before the switch existed stay reusable
+    settings.append("norot")
+  h.update(json.dumps(settings).encode())
   # File stats rather than contents: cheap, and a re-encoded or touched video counts as new.
   for label in labels_lib.read(labels)[0]:
     path = os.path.join(videos, label.video_id)
@@ -279,7 +297,8 @@ def fingerprint(name, labels, videos, frames, size, bench, compress=True):
 
 
 def build(name, labels, videos, data_dir, frames=6, size=448, *, workers=0, overwrite=False,
-          mos_range=None, split=None, compress=True, keep_cache=False, progress=True):
+          mos_range=None, split=None, compress=True, keep_cache=False, progress=True,
+          honour_rotation=True):
   """Builds data set `name` from a label file and a video folder; returns the report dict.
 
   The report (`label_rows` = `ok` + len(`skipped`)) is also written as build_report.json
@@ -287,6 +306,8 @@ def build(name, labels, videos, data_dir, frames=6, size=448, *, workers=0, over
   changed inputs rebuild it. Raises BuildError (after writing the report) only if no video
   could be used. `mos_range`/`split` override the benchmark's defaults (labels.BENCHMARKS).
   compress=False stores the records raw: ~1.4x faster pipeline reads for 2-5x the disk.
+  honour_rotation=False keeps frames at their stored orientation (decode.decode) and builds
+  the `..._norot` set (tfds_name), beside the default one.
   """
   if not os.path.isfile(labels):
     raise FileNotFoundError(f"label file not found: {labels}")
@@ -295,10 +316,11 @@ def build(name, labels, videos, data_dir, frames=6, size=448, *, workers=0, over
   if frames < 1 or size < 2:
     raise ValueError(f"need frames >= 1 and size >= 2, got {frames}, {size}")
   bench = labels_lib.benchmark(name, mos_range, split)
-  config = VideoQualityConfig(benchmark=bench, frames=frames, size=size)
+  config = VideoQualityConfig(benchmark=bench, frames=frames, size=size,
+                              honour_rotation=bool(honour_rotation))
   b = VideoQuality(labels_path=labels, videos_dir=videos, workers=workers, progress=progress,
                    config=config, data_dir=data_dir, file_format="array_record")
-  fp = fingerprint(name, labels, videos, frames, size, bench, compress)
+  fp = fingerprint(name, labels, videos, frames, size, bench, compress, honour_rotation)
   if b.is_prepared() and not overwrite and os.path.exists(b.report_path):
     with open(b.report_path) as f:
       old = json.load(f)

@@ -1,5 +1,9 @@
 """Video decoding with PyAV: docs/method.md §2 frame sampling, rotation, bicubic squash resize.
 
+Rotation metadata (phone clips) is honoured by default: frames come out as a player shows
+them. `honour_rotation=False` keeps the stored orientation, as the reference's reader
+does (its rotated clips reach the model sideways).
+
 Legend: T = sampled frames, H x W = output size, 3 = RGB channels (uint8).
 """
 
@@ -29,7 +33,9 @@ class Decoded:
   fps: float  # average rate
   height: int  # displayed size, i.e. after rotation
   width: int
-  rotation: int  # degrees counter-clockwise applied to reach the displayed orientation
+  # The clip's display rotation, degrees counter-clockwise from the stored orientation; the
+  # frames are turned by it only with honour_rotation (height/width stay the displayed size).
+  rotation: int
   repeated: int  # slots filled with a neighbour because their frame would not decode
 
 
@@ -45,8 +51,12 @@ def frame_indices(num_frames, num_samples):
   return np.array([int(seg / 2 + np.round(seg * k)) for k in range(num_samples)], np.int64)
 
 
-def decode(path, num_samples, height, width=None):
-  """Decodes `num_samples` frames of `path` as uint8 `frames_TxHxWx3`, squash-resized bicubic."""
+def decode(path, num_samples, height, width=None, *, honour_rotation=True):
+  """Decodes `num_samples` frames of `path` as uint8 `frames_TxHxWx3`, squash-resized bicubic.
+
+  ``honour_rotation``: turn the frames to their displayed orientation (the clip's rotation
+  metadata); False keeps the stored one, as the reference's reader does.
+  """
   width = height if width is None else width
   try:
     with av.open(str(path)) as container:
@@ -73,7 +83,7 @@ def decode(path, num_samples, height, width=None):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         picked = _pick_linear(container.decode(stream), targets, key)
-    return _assemble(picked, len(pts), float(rate), height, width)
+    return _assemble(picked, len(pts), float(rate), height, width, honour_rotation)
   except DecodeError as e:
     raise DecodeError(f"{path}: {e}", e.no_video) from None
   except (av.FFmpegError, OSError, EOFError, ValueError, IndexError, RuntimeError) as e:
@@ -115,8 +125,9 @@ def _pick_seeking(container, stream, targets, wanted):
   return picked
 
 
-def _assemble(picked, num_frames, fps, height, width):
-  """Fills lost slots from neighbours, rotates to display orientation and resizes."""
+def _assemble(picked, num_frames, fps, height, width, honour_rotation=True):
+  """Fills lost slots from neighbours, rotates to display orientation (if honoured) and
+  resizes."""
   if all(f is None for f in picked):
     raise DecodeError("no decodable video frame")
   repeated = sum(f is None for f in picked)
@@ -128,13 +139,15 @@ def _assemble(picked, num_frames, fps, height, width):
   first = filled[0]
   rotation = int(round(getattr(first, "rotation", 0) / 90)) % 4 * 90
   swap = rotation in (90, 270)
-  out_h, out_w = (width, height) if swap else (height, width)
+  turns = rotation // 90 if honour_rotation else 0
+  # Resized at the stored orientation to the size the turn makes H x W.
+  out_h, out_w = (width, height) if turns % 2 else (height, width)
   cache = {}
   images = []
   for f in filled:
     if id(f) not in cache:
       rgb = f.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="BICUBIC")
-      cache[id(f)] = np.rot90(rgb, rotation // 90)
+      cache[id(f)] = np.rot90(rgb, turns)
     images.append(cache[id(f)])
   src_h, src_w = (first.width, first.height) if swap else (first.height, first.width)
   return Decoded(np.ascontiguousarray(np.stack(images)), num_frames, fps, src_h, src_w,

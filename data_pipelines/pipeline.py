@@ -26,9 +26,11 @@ from data_pipelines import perturb
 _INT_FIELDS = ("num_frames", "height", "width", "rotation", "repeated")
 
 
-def data_source(data_dir, name, split, frames, size):
-  """The random-access TFDS source of a data set built by `builder.build`."""
-  return tfds.data_source(builder.tfds_name(name, frames, size), split=split, data_dir=data_dir)
+def data_source(data_dir, name, split, frames, size, honour_rotation=True):
+  """The random-access TFDS source of a data set built by `builder.build` (with the same
+  ``honour_rotation``)."""
+  return tfds.data_source(builder.tfds_name(name, frames, size, honour_rotation), split=split,
+                          data_dir=data_dir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
   python -m data_pipelines.prepare --name konvid_1k --labels FILE --videos DIR --data_dir OUT \
       [--frames 6 --size 448 --workers 2 --overwrite --mos_range lo,hi --split hash:0.2
-       --nocompress]
+       --nocompress --nohonour_rotation]
 
 Prints a summary; the full list of skipped videos is in build_report.json next to the data
 set. Exits non-zero only if no video could be used or the arguments are wrong.
@@ -32,6 +32,8 @@ def _define_flags():
   flags.DEFINE_bool("compress", True, "zstd records; --nocompress: ~1.4x faster reads, 2-5x disk")
   flags.DEFINE_list("mos_range", None, "lo,hi MOS scale (default: per benchmark)")
   flags.DEFINE_string("split", None, "split rule train | test | hash:F (default: per benchmark)")
+  flags.DEFINE_bool("honour_rotation", True, "turn frames by the clips' rotation metadata; "
+                    "--nohonour_rotation: stored orientation, as the reference (set _norot)")
 
 
 def main(argv):
@@ -42,7 +44,8 @@ def main(argv):
     mos_range = [float(x) for x in f.mos_range] if f.mos_range else None
     report = builder.build(f.name, f.labels, f.videos, f.data_dir, f.frames, f.size,
                            workers=f.workers, overwrite=f.overwrite, mos_range=mos_range,
-                           split=f.split, compress=f.compress)
+                           split=f.split, compress=f.compress,
+                           honour_rotation=f.honour_rotation)
   except (builder.BuildError, FileNotFoundError, NotADirectoryError, ValueError) as e:
     sys.exit(f"prepare failed: {e}")
   print(builder.summary(report) + (" (reused: inputs unchanged)" if report["reused"] else ""))

@@ -140,6 +140,15 @@ CASES = [
       "set for mode='predict'"]),
     ("empty_eval_sets", _set(**{"eval.sets": " , "}), {},
      ["config.eval.sets=' , ': must name at least one data set"]),
+    ("drop_path_rate", _set(**{"model.drop_path_rate": 1.0}), {},
+     ["config.model.drop_path_rate=1.0: must be in [0, 1)", "or -1 (the checkpoint's own)"]),
+    ("drop_path_rate_without_checkpoint", _set(**{"model.drop_path_rate": -1.0}), {},
+     ["config.model.drop_path_rate=-1.0: -1 reads the rate from config.model.checkpoint's"]),
+    ("reward_invalid", _set(**{"rewards.invalid": "rand"}), {},
+     ["config.rewards.invalid='rand': must be one of 'zero', 'random' (did you mean "
+      "'random'?)"]),
+    ("reward_decimals", _set(**{"rewards.decimals": "float"}), {},
+     ["config.rewards.decimals='float': must be one of 'written', 'float_str'"]),
 ]
 
 

@@ -67,6 +67,25 @@ def test_reference_run_holds_spec_values():
   assert t.batch_size % g.micro_batch_size == 0
 
 
+def test_reference_preset_is_the_release_script():
+  """internvl3_8b_lsvq_reference.py = the recipe with the release's choices (docs/method.md
+  §7), nothing else."""
+  c, recipe = _load("internvl3_8b_lsvq_reference.py"), _load("internvl3_8b_lsvq.py")
+  assert c.model.drop_path_rate == -1.0  # train mode: the checkpoint's own rate
+  assert c.grpo.temporal is False
+  r = c.rewards
+  assert (r.pairing, r.micro_videos, r.temporal_scope) == ("micro", 2, "micro")
+  assert (r.invalid, r.decimals) == ("random", "float_str")
+  # 2 videos per GPU micro-batch x 8 GPUs x 2 accumulation steps = the recipe's batch.
+  assert c.train.batch_size == 2 * 8 * 2 == recipe.train.batch_size
+  changed = {"model.drop_path_rate", "grpo.temporal", "rewards.pairing",
+             "rewards.temporal_scope", "rewards.invalid", "rewards.decimals"}
+  flat = lambda d, p="": ({k2: v2 for k, v in d.items() for k2, v2 in flat(v, p + k + ".").items()}
+                          if isinstance(d, dict) else {p[:-1]: d})
+  got, base = flat(c.to_dict()), flat(recipe.to_dict())
+  assert {k for k in got if got[k] != base[k]} == changed
+
+
 def test_eval_benchmarks_covers_spec_sets():
   from data_pipelines import labels
   for arg, run in (("8b", "internvl3_8b_lsvq.py"), ("1b", "internvl3_1b_lsvq.py")):

@@ -44,6 +44,8 @@ CHOICES = {
     "grpo.decode_layout": rollout.LAYOUTS,
     "rewards.pairing": rewards.PAIRINGS,
     "rewards.temporal_scope": rewards.TEMPORAL_SCOPES,
+    "rewards.invalid": rewards.INVALID_SCORES,
+    "rewards.decimals": rewards.DECIMAL_COUNTS,
     "train.optimizer.schedule": train_state.SCHEDULES,
     "eval.prompt_layout": tok_lib.LAYOUTS,
     "predict.prompt_layout": tok_lib.LAYOUTS,
@@ -95,6 +97,7 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   if base is not None:
     _check_schema(c, base, cfg, "")
   _check_values(c)
+  _check_qa(c, check_paths)
   _check_model(c)
   _check_mesh(c, num_devices)
   _check_motion(c, check_paths)
@@ -337,6 +340,47 @@ def _check_values(c: _Checker) -> None:
             "directory (random weights score nothing)")
 
 
+def _check_qa(c: _Checker, check_paths: bool) -> None:
+  """config.eval.qa_sets / qa_num_options (eval/understanding.py): set names, the option
+  count of generated questions, and (``check_paths``) each named set built on disk."""
+  from data_pipelines import labels, qa
+  lo, hi = 2, qa.MAX_OPTIONS
+  v = c.int_("eval.qa_num_options")
+  if v is not None and not lo <= v <= hi:
+    c.bad("eval.qa_num_options", f"must be in [{lo}, {hi}] (the answer, then distractors from "
+          f"the {hi - 1} synthetic kinds and 'none')")
+  sets = c.str_("eval.qa_sets")
+  if sets is None:
+    return
+  names = _names(sets)
+  for name in names:
+    try:
+      labels.benchmark(name)  # the data set name rule
+    except ValueError as e:
+      c.bad("eval.qa_sets", f"{e} (QA set names, comma-separated)")
+      return
+  synthetic_qa = "synthetic_qa"  # eval/understanding.SYNTHETIC_QA: generated, then built
+  if c.get("data.synthetic.enabled") is True:
+    return  # generated or under the workdir's data_dir: nothing to look up yet
+  data_dir, frames, size = c.get("data.data_dir"), c.get("eval.frames"), c.get("eval.size")
+  if not (check_paths and c.get("mode") in ("train", "eval") and isinstance(data_dir, str)
+          and data_dir and pathlib.Path(data_dir).expanduser().is_dir()
+          and isinstance(frames, int) and isinstance(size, int)):
+    return
+  rot = c.get("data.honour_rotation") is not False
+  for name in names:
+    info = pathlib.Path(qa.dataset_dir(pathlib.Path(data_dir).expanduser(), name, frames, size,
+                                       rot)) / "dataset_info.json"
+    if not info.is_file():
+      gen = (" (it is generated only with config.data.synthetic.enabled=True)"
+             if name == synthetic_qa else "")
+      c.bad("eval.qa_sets", f"QA set {name!r} at {frames}x{size} is not built under "
+            f"config.data.data_dir={data_dir!r}{gen}: {info.parent} is missing; build it with "
+            f"`python -m data_pipelines.qa --name {name} --questions QUESTIONS.json --videos "
+            f"VIDEOS --data_dir {data_dir} --frames {frames} --size {size}`")
+      return
+
+
 def _check_dataclass(c: _Checker, section: str, cls) -> None:
   """Each field of `config.<section>` against ``cls``'s own rules: the dataclass is built
   with that field alone (the others at their defaults), so every bad field is reported,
@@ -369,6 +413,13 @@ def _divisors(n: int) -> list[int]:
 # ----------------------------------------------------------------------- model ---
 
 def _check_model(c: _Checker) -> None:
+  rate = c.num("model.drop_path_rate")
+  if rate is not None and rate != -1 and not 0 <= rate < 1:
+    c.bad("model.drop_path_rate", "must be in [0, 1) (the last ViT block's drop-path rate; "
+          "0 = off) or -1 (the checkpoint's own)")
+  elif rate == -1 and c.get("model.checkpoint") == "":
+    c.bad("model.drop_path_rate", "-1 reads the rate from config.model.checkpoint's "
+          "config.json, and there is none (random init): give the rate, or 0 for none")
   a = "model.arch."
   vocab, token = c.int_(a + "text.vocab_size"), c.int_(a + "image_token_id")
   c.at_least(a + "text.vocab_size", 1)
@@ -602,15 +653,18 @@ def _check_paths(c: _Checker) -> None:
   for field, split_field, frames_field, size_field, name in wanted:
     frames, size, split = c.get(frames_field), c.get(size_field), c.get(split_field)
     if isinstance(name, str) and name and isinstance(frames, int) and isinstance(size, int):
-      problem = _dataset_problem(data_dir, name, split, frames, size, split_field)
+      problem = _dataset_problem(data_dir, name, split, frames, size, split_field,
+                                 c.get("data.honour_rotation") is not False)
       if problem:
         c.problems.append(f"config.{field}: {problem}")
 
 
 def _dataset_problem(data_dir: str, name: str, split, frames: int, size: int,
-                     split_field: str) -> str | None:
-  """Why `pipeline.data_source(data_dir, name, split, frames, size)` would not find it."""
-  root = pathlib.Path(data_dir).expanduser() / builder.tfds_name(name, frames, size)
+                     split_field: str, honour_rotation: bool = True) -> str | None:
+  """Why `pipeline.data_source(data_dir, name, split, frames, size, honour_rotation)` would
+  not find it (config.data.honour_rotation=False reads the `_norot` sets)."""
+  root = pathlib.Path(data_dir).expanduser() / builder.tfds_name(name, frames, size,
+                                                                 honour_rotation)
   info = root / builder.VERSION / "dataset_info.json"
   where = f"{name!r} at {frames}x{size} under config.data.data_dir={data_dir!r}"
   if not info.is_file():
@@ -618,7 +672,8 @@ def _dataset_problem(data_dir: str, name: str, split, frames: int, size: int,
     older = f" (found only builder versions {found}: rebuild with --overwrite)" if found else ""
     return (f"{where} is not built: {info.parent} is missing{older}; build it with `python -m "
             f"data_pipelines.prepare --name {name} --labels LABELS --videos VIDEOS --data_dir "
-            f"{data_dir} --frames {frames} --size {size}`")
+            f"{data_dir} --frames {frames} --size {size}"
+            f"{'' if honour_rotation else ' --nohonour_rotation'}`")
   try:
     splits = sorted(s["name"] for s in json.loads(info.read_text()).get("splits", []))
   except (OSError, ValueError, KeyError, TypeError) as e:

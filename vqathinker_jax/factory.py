@@ -48,8 +48,11 @@ def make_mesh(config) -> jax.sharding.Mesh:
 def model_config(config) -> ModelConfig:
   """The architecture of a run config: the checkpoint's config.json when the directory
   exists, else `model.arch` (with the motion branch when `slowfast_weights` or
-  `arch.motion.enabled` says so)."""
+  `arch.motion.enabled` says so). The ViT's drop-path rate is `model.drop_path_rate`
+  (-1: the checkpoint's own; with no readable checkpoint, e.g. `tools/aot` on
+  placeholder paths, that is 0)."""
   m = config.model
+  drop_path_rate = float(m.get("drop_path_rate", 0.0))
   motion = None
   if m.arch.motion.enabled or m.slowfast_weights:
     mo = m.arch.motion
@@ -64,9 +67,10 @@ def model_config(config) -> ModelConfig:
     return hf_checkpoint.config_from_hf(hf, has_lm_head=not text.get("tie_word_embeddings", False),
                                         motion=motion, path=path, dtype=m.dtype,
                                         param_dtype=m.param_dtype, attention=m.attention,
-                                        scan_layers=m.scan_layers)
+                                        scan_layers=m.scan_layers, drop_path_rate=drop_path_rate)
   a = m.arch
-  return ModelConfig(vision=VisionConfig(**a.vision.to_dict()), text=TextConfig(**a.text.to_dict()),
+  vision = VisionConfig(**a.vision.to_dict(), drop_path_rate=max(drop_path_rate, 0.0))
+  return ModelConfig(vision=vision, text=TextConfig(**a.text.to_dict()),
                      image_token_id=a.image_token_id, vision_feature_layer=a.vision_feature_layer,
                      motion=motion, dtype=m.dtype, param_dtype=m.param_dtype,
                      attention=m.attention, scan_layers=m.scan_layers)
@@ -82,7 +86,8 @@ def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
     return model_lib.from_pretrained(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
                                      mesh=mesh, slowfast_weights=m.slowfast_weights or None,
                                      seed=config.seed, attention=m.attention,
-                                     scan_layers=m.scan_layers)
+                                     scan_layers=m.scan_layers,
+                                     drop_path_rate=float(m.get("drop_path_rate", 0.0)))
   if m.slowfast_weights:
     raise ValueError(f"config.model.slowfast_weights={m.slowfast_weights!r} needs "
                      "config.model.checkpoint: SlowFast weights are added to a loaded model")
@@ -181,7 +186,7 @@ def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 
       marker.write_text(json.dumps(settings))  # last: an interrupted render is redone
     builder.build(SYNTHETIC, str(root / "labels.json"), str(root / "videos"), str(out),
                   frames, size, split=f"hash:{s.test_fraction}", workers=workers,
-                  progress=False)
+                  progress=False, honour_rotation=config.data.honour_rotation)
 
   if jax.process_index() == 0:
     make()
@@ -197,3 +202,39 @@ def train_data_dir(config, workdir, *, workers: int = 0) -> pathlib.Path:
     return ensure_synthetic(config, workdir, config.data.frames, config.data.size,
                             workers=workers)
   return pathlib.Path(config.data.data_dir)
+
+
+def ensure_synthetic_qa(config, workdir, frames: int, size: int, *, name: str,
+                        workers: int = 0) -> pathlib.Path:
+  """The synthetic set's multiple-choice QA set ``name`` ("which distortion is most
+  visible?", `qa.synthetic_questions` over its `config.eval.split` clips, seeded by
+  `config.data.synthetic.seed`, `config.eval.qa_num_options` options) written beside the
+  clips as `synthetic_videos/{name}.json` and built at ``frames`` x ``size``, after
+  `ensure_synthetic`; returns the TFDS data_dir. Both steps are skipped when their inputs
+  are unchanged; process 0 goes first, as in ensure_synthetic."""
+  from data_pipelines import labels, qa
+
+  s = config.data.synthetic
+  out = ensure_synthetic(config, workdir, frames, size, workers=workers)
+  root = out.parent / "synthetic_videos"
+  bench = labels.benchmark(SYNTHETIC, split=f"hash:{s.test_fraction}")
+
+  def make():
+    distortions = json.loads((root / "distortions.json").read_text())
+    ids = [v for v in distortions if labels.split_of(bench, v) == config.eval.split]
+    if not ids:
+      raise ValueError(f"config.eval.qa_sets={name!r}: no synthetic clip is in split "
+                       f"config.eval.split={config.eval.split!r} (config.data.synthetic."
+                       f"test_fraction={s.test_fraction}, num_videos={s.num_videos})")
+    questions = qa.write_synthetic_questions(root / "distortions.json", root / f"{name}.json",
+                                             seed=s.seed, num_options=config.eval.qa_num_options,
+                                             video_ids=ids)
+    qa.build(name, questions, str(root / "videos"), str(out), frames, size, workers=workers,
+             progress=False, honour_rotation=config.data.honour_rotation)
+
+  if jax.process_index() == 0:
+    make()
+  _barrier("factory.ensure_synthetic_qa")
+  if jax.process_index() != 0:
+    make()
+  return out

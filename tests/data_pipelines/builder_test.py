@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import builder
 from data_pipelines import labels
+from data_pipelines import pipeline
 from data_pipelines import synthetic
 
 FRAMES, SIZE = 4, 16
@@ -109,11 +110,12 @@ def zoo_build(tmp_path_factory):
   return report, scores, bad, data_dir
 
 
-def _records(data_dir, name="zoo"):
+def _records(data_dir, name="zoo", honour_rotation=True):
   out = {}
   for split in ("train", "test"):
     try:
-      src = tfds.data_source(builder.tfds_name(name, FRAMES, SIZE), split=split, data_dir=data_dir)
+      src = tfds.data_source(builder.tfds_name(name, FRAMES, SIZE, honour_rotation), split=split,
+                             data_dir=data_dir)
     except (KeyError, ValueError):
       continue
     out.update({r["video_id"].decode(): r for r in (src[i] for i in range(len(src)))})
@@ -174,6 +176,36 @@ def test_rerun_reuses_then_rebuilds_on_changed_inputs(tmp_path):
   # Another sampling of the same benchmark sits beside it.
   other = builder.build("synthetic", labels_path, videos, data_dir, 2, 8, progress=False)
   assert other["dataset_dir"] != changed["dataset_dir"] and os.path.isdir(changed["dataset_dir"])
+
+
+def test_rotation_switch_builds_another_set_and_never_reuses_the_other(tmp_path):
+  videos = str(tmp_path / "videos")
+  _write(os.path.join(videos, "rotated.mp4"), rotation=90)
+  _write(os.path.join(videos, "plain.mp4"))
+  labels_path = str(tmp_path / "labels.csv")
+  with open(labels_path, "w") as f:
+    f.write("video,mos\nrotated.mp4,40\nplain.mp4,60\n")
+  data_dir = str(tmp_path / "data")
+  kw = dict(split="train", progress=False)
+  on = builder.build("phones", labels_path, videos, data_dir, FRAMES, SIZE, **kw)
+  off = builder.build("phones", labels_path, videos, data_dir, FRAMES, SIZE, **kw,
+                      honour_rotation=False)
+  assert not off["reused"] and off["fingerprint"] != on["fingerprint"]
+  assert (on["tfds_name"], off["tfds_name"]) == (
+      f"video_quality/phones_{FRAMES}x{SIZE}", f"video_quality/phones_{FRAMES}x{SIZE}_norot")
+  assert (on["honour_rotation"], off["honour_rotation"]) == (True, False)
+  assert os.path.isdir(on["dataset_dir"]) and off["dataset_dir"] != on["dataset_dir"]
+  assert builder.build("phones", labels_path, videos, data_dir, FRAMES, SIZE, **kw)["reused"]
+  a = _records(data_dir, "phones")
+  b = {r["video_id"].decode(): r
+       for r in pipeline.data_source(data_dir, "phones", "train", FRAMES, SIZE, False)}
+  # Square frames: the stored orientation is the displayed one turned back.
+  np.testing.assert_array_equal(a["rotated.mp4"]["frames"],
+                                np.rot90(b["rotated.mp4"]["frames"], 1, axes=(1, 2)))
+  np.testing.assert_array_equal(a["plain.mp4"]["frames"], b["plain.mp4"]["frames"])
+  assert a["rotated.mp4"]["rotation"] == b["rotated.mp4"]["rotation"] == 90
+  with open(os.path.join(off["dataset_dir"], "metadata.json")) as f:
+    assert json.load(f)["honour_rotation"] is False
 
 
 def test_no_usable_video_fails_clearly_and_still_writes_the_report(tmp_path):

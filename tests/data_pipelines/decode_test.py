@@ -93,21 +93,40 @@ def test_variable_frame_rate_counts_frames_not_duration(tmp_path):
   assert _read_numbers(d.frames_TxHxWx3) == _formula(60, 6)
 
 
-@pytest.mark.parametrize("rotation,k", [(90, 1), (-90, 3), (180, 2), (0, 0)])
-def test_rotation_metadata_is_applied(tmp_path, rotation, k):
+def _rotated_clip(path, rotation):
+  """(path, stored frame): one lossless 16x32 frame with a marker top-left, and rotation
+  metadata."""
   stored = np.full((16, 32, 3), 30, np.uint8)
   stored[:8, :8] = 220  # a marker in the top-left corner
-  path = str(tmp_path / "rot.mp4")
-  with av.open(path, "w") as c:
+  with av.open(str(path), "w") as c:
     s = c.add_stream("libx264", rate=24)
     s.width, s.height, s.pix_fmt, s.options = 32, 16, "yuv444p", {"crf": "0"}
     s.set_display_rotation(rotation)
     c.mux(s.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
     c.mux(s.encode())
+  return str(path), stored
+
+
+@pytest.mark.parametrize("rotation,k", [(90, 1), (-90, 3), (180, 2), (0, 0)])
+def test_rotation_metadata_is_applied(tmp_path, rotation, k):
+  path, stored = _rotated_clip(tmp_path / "rot.mp4", rotation)
   want = np.rot90(stored, k)  # displayed = stored turned counter-clockwise by the angle
   d = decode.decode(path, 2, *want.shape[:2])
   assert d.rotation == k * 90 and (d.height, d.width) == want.shape[:2]
   assert np.abs(d.frames_TxHxWx3[0].astype(int) - want).mean() < 4
+
+
+@pytest.mark.parametrize("rotation,k", [(90, 1), (-90, 3), (180, 2), (0, 0)])
+def test_rotation_can_be_ignored_as_the_reference_does(tmp_path, rotation, k):
+  path, stored = _rotated_clip(tmp_path / "rot.mp4", rotation)
+  off = decode.decode(path, 2, 16, 32, honour_rotation=False)
+  assert np.abs(off.frames_TxHxWx3[0].astype(int) - stored).mean() < 4  # stored orientation
+  # The clip's facts do not depend on the switch.
+  on = decode.decode(path, 2, 16, 32)
+  assert (off.rotation, off.height, off.width) == (on.rotation, on.height, on.width)
+  # Square output (as the data sets are): the same resize, only the turn differs.
+  on, off = (decode.decode(path, 2, 24, honour_rotation=h).frames_TxHxWx3 for h in (True, False))
+  np.testing.assert_array_equal(on, np.rot90(off, k, axes=(1, 2)))
 
 
 @pytest.mark.parametrize("codec,pix_fmt,ext", [

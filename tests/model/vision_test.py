@@ -1,10 +1,23 @@
-"""Position-embedding resize against PyTorch's bicubic; pixel shuffle against docs/method.md §6."""
+"""Position-embedding resize against PyTorch's bicubic; pixel shuffle against docs/method.md §6;
+drop-path (stochastic depth) against InternVL's schedule and timm's `DropPath`."""
 
+import dataclasses
+import json
+import pathlib
+import runpy
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import tolerance
-from vqathinker_jax.model import vision
+from vqathinker_jax import factory
+from vqathinker_jax.model import hf_checkpoint, vision
+from vqathinker_jax.model.config import VisionConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("in_size, out_size", [(32, 40), (32, 32), (4, 6), (6, 4), (32, 16)])
@@ -40,3 +53,128 @@ def test_pixel_shuffle_token_order():
 def test_pixel_shuffle_rejects_odd_grid():
   with pytest.raises(ValueError, match="even patch grid"):
     vision.pixel_shuffle(np.zeros((1, 3, 4, 2), np.float32))
+
+
+# ------------------------------------------------------------------------ drop-path ---
+
+# A narrow 6-block ViT at 28 px (4 patches + CLS): cheap enough for thousands of frames.
+SMALL = VisionConfig(hidden_size=16, num_layers=6, num_heads=2, intermediate_size=32,
+                     image_size=28, layer_scale_init=1.0)
+
+
+def small_vit(rate: float, seed: int = 0) -> vision.InternViT:
+  """The same parameters at every rate (the rate creates none)."""
+  cfg = dataclasses.replace(SMALL, drop_path_rate=rate)
+  return vision.InternViT(cfg, -1, dtype=jnp.float32, param_dtype=jnp.float32,
+                          rngs=nnx.Rngs(seed))
+
+
+def frames(n: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((n, 28, 28, 3)).astype(np.float32)
+
+
+def test_schedule_is_internvl_linspace():
+  cfg = VisionConfig(drop_path_rate=0.1)
+  want = [float(x) for x in np.linspace(0.0, 0.1, 24)]  # torch.linspace(0, 0.1, 24)
+  assert cfg.drop_path_rates() == pytest.approx(want, abs=1e-12)
+  assert [b.drop_rate for b in small_vit(0.3).blocks] == pytest.approx(
+      list(np.linspace(0.0, 0.3, 6)), abs=1e-12)
+  with pytest.raises(ValueError, match="drop_path_rate"):
+    VisionConfig(drop_path_rate=1.0)
+
+
+def test_drop_path_off_is_bit_identical():
+  """Rate 0 with a key, or a rate with no key, is the deterministic forward exactly."""
+  pix = frames(8)
+  plain = np.asarray(small_vit(0.0)(pix))
+  np.testing.assert_array_equal(np.asarray(small_vit(0.0)(pix, jax.random.key(3))), plain)
+  np.testing.assert_array_equal(np.asarray(small_vit(0.4)(pix)), plain)
+  np.testing.assert_array_equal(np.asarray(small_vit(0.4)(pix, None)), plain)
+
+
+def test_drop_path_is_reproducible_from_the_key():
+  vit, pix = small_vit(0.5), frames(16)
+  a = np.asarray(vit(pix, jax.random.key(1)))
+  np.testing.assert_array_equal(np.asarray(vit(pix, jax.random.key(1))), a)
+  assert not np.array_equal(np.asarray(vit(pix, jax.random.key(2))), a)
+  assert not np.array_equal(np.asarray(vit(pix)), a)
+
+
+def test_skip_rate_per_block_matches_the_schedule(monkeypatch):
+  """Every branch of block l drops a frame with probability linspace(0, rate)[l] (binomial
+  test over 4000 frames per branch), the two branches of a block independently, and a
+  kept frame is the branch times exactly float32(1 / (1 - p))."""
+  from scipy import stats
+  calls = []
+  real = vision.drop_path
+
+  def spy(branch, key, rate):
+    out = real(branch, key, rate)
+    b, o = np.asarray(branch), np.asarray(out)
+    dropped = np.all(o == 0, axis=(1, 2))
+    assert np.all(np.abs(b).max(axis=(1, 2)) > 0)  # a zero means "dropped", never "was 0"
+    np.testing.assert_array_equal(o[~dropped], b[~dropped] * np.float32(1.0 / (1.0 - rate)))
+    calls.append((rate, dropped))
+    return out
+
+  monkeypatch.setattr(vision, "drop_path", spy)
+  rate, n = 0.5, 4000
+  small_vit(rate)(frames(n), jax.random.key(0))
+  schedule = np.linspace(0.0, rate, SMALL.num_layers)
+  # Block 0 has rate 0 (InternVL's nn.Identity): no draw. Then attention, MLP per block.
+  assert [c[0] for c in calls] == pytest.approx(np.repeat(schedule[1:], 2), abs=1e-12)
+  for p, dropped in calls:
+    assert stats.binomtest(int(dropped.sum()), n, p).pvalue > 1e-4, (p, dropped.mean())
+  for (_, attn), (_, mlp) in zip(calls[::2], calls[1::2]):
+    assert not np.array_equal(attn, mlp)
+  masks = np.stack([d for _, d in calls])
+  assert len({m.tobytes() for m in masks}) == len(masks)  # every branch its own mask
+
+
+def test_expected_output_is_the_no_drop_output():
+  """E[drop_path(branch)] = branch, and a block whose only branch drops (ls2 = 0) has the
+  deterministic block's output as its mean over keys."""
+  p, K = 0.4, 20000
+  branch = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2, 4)), jnp.float32)
+  keys = jax.random.split(jax.random.key(0), K)
+  mean = jax.vmap(lambda k: vision.drop_path(branch, k, p))(keys).mean(0)
+  sd = np.sqrt(p / (1 - p) / K) * np.abs(np.asarray(branch))  # of the mean, per entry
+  assert np.all(np.abs(np.asarray(mean - branch)) <= 5 * sd + 1e-6)
+
+  block = small_vit(0.9).blocks[-1]
+  block.ls2[...] = jnp.zeros_like(block.ls2[...])
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 16)), jnp.float32)
+  want = np.asarray(block(x))
+  outs = jax.vmap(lambda k: block(x, k))(keys)
+  delta = np.asarray(want - x)  # the attention branch
+  q = block.drop_rate
+  sd = np.sqrt(q / (1 - q) / K) * np.abs(delta)
+  assert np.all(np.abs(np.asarray(outs.mean(0)) - want) <= 5 * sd + 1e-5)
+
+
+def _chat_config(**vision):
+  return {"llm_config": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=128),
+          "vision_config": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=96, image_size=56, patch_size=14, **vision)}
+
+
+def test_rate_from_the_run_config_or_the_checkpoint(tmp_path):
+  read = lambda cfg, rate: hf_checkpoint.config_from_hf(
+      cfg, has_lm_head=True, drop_path_rate=rate).vision.drop_path_rate
+  with_rate_json = _chat_config(drop_path_rate=0.2)
+  assert read(with_rate_json, 0.0) == 0.0    # off by default, whatever the checkpoint says
+  assert read(with_rate_json, -1.0) == 0.2   # the checkpoint's own
+  assert read(with_rate_json, 0.05) == 0.05  # or the run's
+  assert read(_chat_config(), -1.0) == 0.0   # InternVisionConfig's default
+
+  c = runpy.run_path(str(ROOT / "configs" / "base.py"))["get_config"]()
+  (tmp_path / "config.json").write_text(json.dumps(with_rate_json))
+  c.model.checkpoint = str(tmp_path)
+  c.model.drop_path_rate = -1.0
+  assert factory.model_config(c).vision.drop_path_rate == 0.2
+  c.model.drop_path_rate = 0.0
+  assert factory.model_config(c).vision.drop_path_rate == 0.0
+  c.model.checkpoint, c.model.drop_path_rate = "", 0.3  # random init: the run's rate
+  assert factory.model_config(c).vision.drop_path_rate == 0.3

@@ -1,5 +1,8 @@
 """GRPO update: packed log-probs equal unpacked ones (values and gradients), the loss equals
-a numpy restatement of each `loss_type`, and the jitted step's invariants."""
+a numpy restatement of each `loss_type`, the jitted step's invariants, and the ViT's
+drop-path through the rollout, the update and the whole step."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import tolerance
 from hf_tiny import IMAGE_TOKEN, TINY, VOCAB, on_mesh, video_batch
 from vqathinker_jax import model
 from vqathinker_jax.model import llm, sharding
-from vqathinker_jax.rl import grpo
+from vqathinker_jax.rl import grpo, rollout
 from vqathinker_jax.rl.grpo import GRPOConfig
 from vqathinker_jax.train import state as train_state, steps
 
@@ -200,9 +203,12 @@ def step_batch(seed=0, videos=2, frames=2, copies=G):
               perturb_idx=jnp.asarray(idx, jnp.int32), blank=jnp.zeros(idx.shape, bool))
 
 
+BYTE_PIECES = ["<think>", "</think>", "<answer>", "</answer>", "3.25", "4", " ", "\n"]
+
+
 def byte_rewards():
   # Token i reads as 4 ASCII bytes: random ids become random text, some digits and tags.
-  pieces = ["<think>", "</think>", "<answer>", "</answer>", "3.25", "4", " ", "\n"]
+  pieces = BYTE_PIECES
   table = rewards.table_from_bytes(
       [pieces[i].encode() if i < len(pieces) else bytes([32 + i % 95] * 4) for i in range(VOCAB)])
   return grpo.vqathinker_rewards(table, rewards.RewardConfig())
@@ -288,3 +294,109 @@ def test_mean_reward_rises_on_a_toy_task(tiny):
   assert metrics["compilations"] == 1 and metrics["tokens_per_s"] > 0
   start, end = np.mean(curve[:10]), np.mean(curve[-10:])
   assert start < 0.25 and end > start + 0.3, (start, end)
+
+
+# ------------------------------------------------------------------- ViT drop-path ---
+# Keyed from the step's key through the rollout and the update (docs/method.md §4); off
+# (rate 0, or no key) it is the deterministic program bit for bit.
+
+RATE = 0.5
+
+
+def with_rate(m, rate: float):
+  """``m``'s parameters (copied) under a config with ViT drop-path ``rate``: the rate is
+  static structure, not a parameter, so both share every value."""
+  cfg = dataclasses.replace(m.cfg, vision=dataclasses.replace(m.cfg.vision, drop_path_rate=rate))
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: model.InternVL(cfg, nnx.Rngs(0))))
+  return nnx.merge(graphdef, jax.tree.map(jnp.copy, nnx.state(m)))
+
+
+def test_rollout_drop_path_is_keyed_and_off_without_a_key(tiny):
+  b = rollout_batch(seed=3)
+  on = with_rate(tiny, RATE)
+  gen = nnx.jit(lambda m, key, drop: rollout.generate(
+      m, b["prompt_ids"], b["prompt_mask"], b["pixel_values"], rng=key, num_generations=2,
+      max_new_tokens=4, greedy=True, drop_key=drop))
+  key = jax.random.key(0)
+  plain = jax.tree.map(np.asarray, gen(tiny, key, None))
+  same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, jax.tree.map(np.asarray, b))
+  same(plain, gen(tiny, key, jax.random.key(7)))  # rate 0: the key is not used
+  same(plain, gen(on, key, None))                  # a rate, no key: evaluation
+  dropped = jax.tree.map(np.asarray, gen(on, key, jax.random.key(7)))
+  same(dropped, gen(on, key, jax.random.key(7)))
+  assert not np.array_equal(dropped["logprobs_NC"], plain["logprobs_NC"])
+  assert not np.array_equal(np.asarray(gen(on, key, jax.random.key(8))["logprobs_NC"]),
+                            dropped["logprobs_NC"])
+
+
+def test_update_drop_path_is_keyed_and_off_without_a_key(tiny):
+  """Micro-batches, two iterations (old log-probs under drop-path too) and a reference
+  model (never dropped)."""
+  cfg = GRPOConfig(num_generations=G, beta=0.04, max_completion_length=C,
+                   logprob_chunk=4, micro_batch_size=1, num_iterations=2)
+  tx = train_state.make_optimizer(1e-3)
+  batch = rollout_batch(seed=2)
+
+  def run(m, drop_key):
+    graphdef, state = train_state.init_state(fresh(m), tx, reference=True)
+    step = jax.jit(lambda st, b, k: grpo.update(graphdef, st, b, tx, cfg, k))
+    state, metrics = step(state, batch, drop_key)
+    return jax.tree.map(np.asarray, (state.params, metrics))
+
+  def same(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+  plain = run(tiny, None)
+  same(run(tiny, jax.random.key(1)), plain)  # rate 0: the key is not used
+  on = with_rate(tiny, RATE)
+  same(run(on, None), plain)                 # a rate, no key
+  dropped = run(on, jax.random.key(1))
+  same(run(on, jax.random.key(1)), dropped)
+  assert dropped[1]["loss"] != plain[1]["loss"]
+  assert run(on, jax.random.key(2))[1]["loss"] != dropped[1]["loss"]
+
+
+def test_train_step_with_drop_path_and_random_scores_is_reproducible(tiny):
+  """The whole step (rollouts, perturbed rollouts, rewards with the release's random
+  scores, update) with drop-path on: the same key gives the same step bit for bit, the
+  rewards get `fold_in(rng, KEY_REWARDS)`, and the drop-path changes the step."""
+  # grpo_test's byte table (token i reads as 4 ASCII bytes, a few as tags and numbers).
+  table = rewards.table_from_bytes(
+      [p.encode() for p in BYTE_PIECES] + [bytes([32 + i % 95] * 4)
+                                           for i in range(len(BYTE_PIECES), VOCAB)])
+  inner = grpo.vqathinker_rewards(table, rewards.RewardConfig(
+      invalid="random", decimals="float_str", pairing="micro", temporal_scope="micro"))
+  assert inner.needs_key
+
+  def reward_fn(tokens_NC, mask_NC, labels_B, perturbed, key=None):
+    out = inner(tokens_NC, mask_NC, labels_B, perturbed, key=key)
+    out["draw"] = jax.random.uniform(key, (tokens_NC.shape[0],))
+    return out
+  reward_fn.needs_key = True
+
+  cfg = GRPOConfig(num_generations=G, max_completion_length=C, logprob_chunk=8,
+                   stop_ids=(STOP,))
+  tx = train_state.make_optimizer(1e-3)
+  batch = jax.device_put(step_batch(seed=4, videos=2))
+
+  def run(m, key):
+    graphdef, state = train_state.init_state(fresh(m), tx, reference=True)
+    step = steps.make_grpo_step(graphdef, state, tx, cfg, reward_fn)
+    state, metrics = step(state, batch, key)
+    return jax.tree.map(np.asarray, (state.params, metrics))
+
+  on = with_rate(tiny, RATE)
+  key = jax.random.key(11)
+  first = run(on, key)
+  jax.tree.map(np.testing.assert_array_equal, run(on, key), first)
+  params, metrics = first
+  assert all(np.isfinite(v).all() for v in metrics.values())
+  N = 2 * G
+  want = jax.random.uniform(jax.random.fold_in(key, grpo.KEY_REWARDS), (N,)).mean()
+  np.testing.assert_array_equal(metrics["reward/draw"], np.asarray(want))
+  differs = lambda other: not all(np.array_equal(a, b) for a, b in
+                                  zip(jax.tree.leaves(params), jax.tree.leaves(other)))
+  assert differs(run(on, jax.random.key(12))[0])
+  # The same key without drop-path: the same sampling noise, other ViT features (the tiny
+  # ViT's layer-scale 0.1 keeps the change small: it shows in the updated parameters).
+  assert differs(run(tiny, key)[0])

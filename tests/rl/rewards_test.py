@@ -1,5 +1,6 @@
 """The JAX rewards agree with a plain-Python restatement of docs/method.md §3 (`re` + `math`) on
-thousands of fuzzed completions, through both texts and token ids."""
+thousands of fuzzed completions, through both texts and token ids; so do the release's options
+(random scores for unparsable answers, decimals of `str(float(x))`, docs/method.md §7)."""
 
 import dataclasses
 import math
@@ -22,7 +23,55 @@ ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 
 
-def ref_parse(text, clip=R.RewardConfig.score_clip):
+def release_decimals(number: str) -> int:
+  """The release's count (`regression_reward`): decimals of str(float(x)), trailing zeros
+  stripped."""
+  t = str(float(number))
+  return len(t.split(".")[-1].rstrip("0")) if "." in t else 0
+
+
+def significant(number: str):
+  """(S, k): the significant digits of a matched number and Python's decimal-point
+  position (x = 0.S x 10^k); None for zero."""
+  ip, _, fp = number.lstrip("-").partition(".")
+  D = "".join(str(int(c)) for c in ip + fp)  # Unicode digits too, as float() reads them
+  nonzero = [i for i, c in enumerate(D) if c != "0"]
+  if not nonzero:
+    return None
+  return D[nonzero[0]:nonzero[-1] + 1], len(ip) - nonzero[0]
+
+
+def repr_layout(S: str, k: int) -> str:
+  """How Python's float repr lays out the digits S at point k ('r' format, '.0' added)."""
+  n = len(S)
+  if -4 < k <= 16:
+    if k <= 0:
+      return "0." + "0" * -k + S
+    return S + "0" * (k - n) + ".0" if k >= n else S[:k] + "." + S[k:]
+  return S[0] + ("." + S[1:] if n > 1 else "") + f"e{k - 1:+03d}"
+
+
+def ref_float_str_decimals(number: str) -> int:
+  """`release_decimals`, where the rewards match it exactly (up to 15 significant digits
+  in the normal double range, zero, >= 1e309, < 1e-323); elsewhere the documented stand-in
+  (`rewards._float_str_decimals`): the digits rounded half up to 17, laid out as repr."""
+  sig = significant(number)
+  if sig is None or sig[1] >= 310 or sig[1] <= -323 or (len(sig[0]) <= 15 and sig[1] > -307):
+    return release_decimals(number)
+  S, k = sig
+  if len(S) > 17:
+    up = int(S[17]) >= 5
+    S = S[:17]
+    if up:
+      S = str(int(S) + 1)
+      if len(S) > 17:
+        S, k = S[:17], k + 1
+    S = S.rstrip("0")
+  t = repr_layout(S, k)
+  return len(t.split(".")[-1].rstrip("0")) if "." in t else 0
+
+
+def ref_parse(text, clip=R.RewardConfig.score_clip, decimals="written"):
   """(format, valid, score, decimals) of one completion."""
   fmt = 1.0 if FORMAT_RE.fullmatch(text) else 0.0
   groups = ANSWER_RE.findall(text)
@@ -30,26 +79,36 @@ def ref_parse(text, clip=R.RewardConfig.score_clip):
   m = NUMBER_RE.search(answer)
   if m is None:
     return fmt, False, 0.0, 0
-  decimals = len(m.group(1)) - 1 if m.group(1) else 0
-  return fmt, True, max(-clip, min(clip, float(m.group(0)))), decimals
+  if decimals == "float_str":
+    count = ref_float_str_decimals(m.group(0))
+  else:
+    count = len(m.group(1)) - 1 if m.group(1) else 0
+  return fmt, True, max(-clip, min(clip, float(m.group(0)))), count
 
 
-def ref_components(texts, labels, G, cfg):
+def ref_components(texts, labels, G, cfg, draws=None):
+  """``draws``: with `invalid='random'`, the regression's and the ranking's random scores
+  [N] (the release's randint(1, 5), one per reward function): an unparsable completion
+  takes its draw, with no decimals, and is valid."""
   B = len(labels)
-  parsed = [ref_parse(t, cfg.score_clip) for t in texts]
+  parsed = [ref_parse(t, cfg.score_clip, cfg.decimals) for t in texts]
+  for_reg = for_rank = parsed
+  if draws is not None:
+    sub = lambda d: [p if p[1] else (p[0], True, float(x), 0) for p, x in zip(parsed, d)]
+    for_reg, for_rank = sub(draws[0]), sub(draws[1])
   reg = []
-  for n, (_, valid, s, dec) in enumerate(parsed):
+  for n, (_, valid, s, dec) in enumerate(for_reg):
     r = math.exp(-(s - labels[n // G]) ** 2 / (2 * cfg.sigma ** 2)) if valid else 0.0
     reg.append(r * cfg.coarse_penalty if valid and dec < cfg.min_decimals else r)
   stats = []
   for i in range(B):
-    vals = [parsed[i * G + j][2] for j in range(G) if parsed[i * G + j][1]]
+    vals = [for_rank[i * G + j][2] for j in range(G) if for_rank[i * G + j][1]]
     mu = sum(vals) / len(vals) if vals else 0.0
     var = sum((v - mu) ** 2 for v in vals) / (len(vals) - 1) if len(vals) >= 2 else 0.0
     stats.append((len(vals), mu, var))
   block = lambda i: i // cfg.micro_videos if cfg.pairing == "micro" else 0
   rank = []
-  for n, (_, valid, s, _) in enumerate(parsed):
+  for n, (_, valid, s, _) in enumerate(for_rank):
     i = n // G
     zs = [z for z in range(B) if z != i and block(z) == block(i) and stats[z][0] > 0]
     if not valid or not zs:
@@ -65,12 +124,16 @@ def ref_components(texts, labels, G, cfg):
   return [p[0] for p in parsed], reg, rank, parsed
 
 
-def ref_scores(texts, labels, G, perturbed=None, cfg=R.RewardConfig()):
+def ref_scores(texts, labels, G, perturbed=None, cfg=R.RewardConfig(), draws=None):
+  """``draws``: with `invalid='random'`, four [N] draws: regression, ranking, and the same
+  for the perturbed rollouts."""
   B = len(labels)
-  fmt, reg, rank, parsed = ref_components(texts, labels, G, cfg)
+  fmt, reg, rank, parsed = ref_components(texts, labels, G, cfg,
+                                          None if draws is None else draws[:2])
   bonus_rank, bonus_reg = [0.0] * len(texts), [0.0] * len(texts)
   if perturbed is not None:
-    _, preg, prank, _ = ref_components(perturbed, labels, G, cfg)
+    _, preg, prank, _ = ref_components(perturbed, labels, G, cfg,
+                                       None if draws is None else draws[2:])
     if cfg.temporal_scope == "group":
       scope = lambda n: range(n // G * G, n // G * G + G)
     else:
@@ -233,6 +296,12 @@ def test_config_defaults_are_the_spec():
       0.3, 0.5, 0.9)
   assert (cfg.pairing, cfg.temporal_scope, cfg.advantage_eps) == ("batch", "group", 1e-4)
   assert (cfg.variance_eps, cfg.fidelity_eps) == (1e-6, 1e-6)
+  # The project's defaults, not the release's (docs/method.md §7): nothing random.
+  assert (cfg.invalid, cfg.decimals, cfg.needs_key) == ("zero", "written", False)
+  assert R.RewardConfig(invalid="random").needs_key
+  for bad in (dict(invalid="uniform"), dict(decimals="repr")):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      R.RewardConfig(**bad)
   with pytest.raises(dataclasses.FrozenInstanceError):
     cfg.sigma = 1.0
   with pytest.raises(ValueError):
@@ -459,3 +528,113 @@ def test_completion_shorter_than_a_tag():
   out = R.rewards_from_ids(table, ids, jnp.ones_like(ids), jnp.asarray([3.0]))
   assert bool(out["valid"][0])
   tolerance.assert_close(out["score"][0], 3.4, ULPS_SCORE, name="score")
+
+
+# ------------------------------------------------------------- the release's options ---
+
+RELEASE = R.RewardConfig(pairing="micro", micro_videos=2, temporal_scope="micro",
+                         invalid="random", decimals="float_str")
+
+
+def release_draws(key, N):
+  """The four [N] draws `compute_rewards` makes from its key: regression, ranking, and
+  both again for the perturbed rollouts; randint(1, 5) as the release's fallback."""
+  return [np.asarray(jax.random.randint(k, (N,), 1, 6)) for k in jax.random.split(key, 4)]
+
+
+def _numbers(seed: int, n: int) -> list[str]:
+  """Numbers of up to 15 significant digits as a model might write them: scores, integers,
+  leading and trailing zeros, signs, other digit scripts, tiny and huge magnitudes."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    digits = DIGIT_SETS[0] if rng.random() < 0.85 else DIGIT_SETS[rng.integers(1, 5)]
+    sig = "".join(digits[rng.integers(10)] for _ in range(rng.integers(1, 16)))
+    lead = digits[0] * rng.integers(0, 25 if rng.random() < 0.3 else 3)
+    tail = digits[0] * rng.integers(0, 25 if rng.random() < 0.3 else 3)
+    body = lead + sig + tail
+    cut = rng.integers(0, len(body) + 1)
+    number = body[:max(cut, 1)] + ("." + body[max(cut, 1):] if cut < len(body) else "")
+    out.append(("-" if rng.random() < 0.2 else "") + number)
+  return out
+
+
+def test_float_str_decimals_match_python():
+  """Decimals of str(float(x)) on device against Python's own: '4' -> '4.0' -> 0,
+  '3.50' -> '3.5' -> 1, exponent forms ('1e+16' -> 0, '1.5e+16' -> '5e+16' -> 5,
+  '1.5e+20' -> '5e+2' -> 4), zeros, 'inf' and underflow."""
+  cases = ["3.50", "3.5", "4", "3.05", "3.00", "0", "-0", "-0.00", "0.0001", "0.00001",
+           "0.000012", "0.00012", "9999999999999998", "10000000000000000", "15000000000000000",
+           "150000000000000000000", "1500000000000000000000", "12.3400", "007.50", "1000",
+           "0.10", "１２.５０", "٣.٢٥", "100000000000000.5", "1000000000000000.5", "2.675",
+           "-3.25", "1" + "0" * 308, "1" + "0" * 309, "9" * 400, "0." + "0" * 330 + "1",
+           "0." + "0" * 322 + "5", "0." + "0" * 120 + "12345"] + _numbers(0, 2000)
+  texts = [f"<think>x</think><answer>{c}</answer>" for c in cases]
+  got = R.score_texts(texts, [3.0] * len(texts), 1, config=R.RewardConfig(decimals="float_str"))
+  want = [release_decimals(c) for c in cases]
+  bad = [(c, int(g), w) for c, g, w in zip(cases, got["decimals"], want) if g != w]
+  assert not bad, bad[:10]
+  assert len(set(want)) > 10  # the cases reach many counts, exponent forms among them
+  # The coarse penalty follows: "3.50" is penalised, "3.05" is not.
+  got = R.score_texts(["<answer>3.50</answer>", "<answer>3.05</answer>"], [3.5, 3.0], 1,
+                      config=R.RewardConfig(decimals="float_str"))
+  tolerance.assert_close(got["regression"], [0.8, math.exp(-0.0025 / 0.5)], ULPS_REWARD,
+                         name="regression")
+
+
+def test_float_str_beyond_15_digits_is_the_documented_stand_in():
+  """16+ significant digits: rounded to 17 then laid out as repr (Python prints the
+  shortest string that reads back as the same double, sometimes shorter)."""
+  cases = {  # number: (ours, Python's)
+      "12345678901234567": (20, 20),             # '1.2345678901234568e+16'
+      "1234567890123456.7": (1, 1),
+      "3.14159265358979323846": (16, 15),        # Python: '3.141592653589793'
+      "0.30000000000000001": (17, 1),            # Python: '0.3'
+      "99999999999999999999": (0, 0),            # '1e+20'
+  }
+  texts = [f"<answer>{c}</answer>" for c in cases]
+  got = R.score_texts(texts, [3.0] * len(cases), 1, config=R.RewardConfig(decimals="float_str"))
+  assert got["decimals"].tolist() == [ours for ours, _ in cases.values()]
+  assert [release_decimals(c) for c in cases] == [py for _, py in cases.values()]
+  assert [ref_float_str_decimals(c) for c in cases] == [ours for ours, _ in cases.values()]
+
+
+def test_random_scores_are_the_release_randint():
+  texts = ["<answer>3.25</answer>", "none", "<answer>x</answer>", "4"] * 1024
+  b, n = R.encode_texts(texts)
+  parsed = jax.jit(R.parse_completions)(b, n)
+  sub = R.random_scores(parsed, jax.random.key(0))
+  valid = np.asarray(parsed.valid_N)
+  score = np.asarray(sub.score_N)
+  np.testing.assert_array_equal(score[valid], np.asarray(parsed.score_N)[valid])
+  assert np.asarray(sub.valid_N).all() and not np.asarray(sub.decimals_N)[~valid].any()
+  drawn = score[~valid]
+  counts = np.array([(drawn == v).sum() for v in range(1, 6)])
+  assert counts.sum() == drawn.size  # integers 1..5 only
+  from scipy import stats
+  assert stats.chisquare(counts).pvalue > 1e-4, counts
+
+
+def test_release_options_match_restatement():
+  """Fuzzed completions with temporal rollouts under the release's options: micro pairing
+  and means, random scores (apart per reward), str(float(x)) decimals."""
+  G, B = 4, 48
+  texts, pert = fuzz_texts(B * G, seed=12), fuzz_texts(B * G, seed=13)
+  labels = fuzz_labels(B, seed=14)
+  key = jax.random.key(5)
+  got = R.score_texts(texts, labels, group_size=G, perturbed=pert, config=RELEASE, key=key)
+  draws = release_draws(key, B * G)
+  want = ref_scores(texts, labels, G, pert, RELEASE, draws)
+  assert_same(got, want, G)
+  assert 0.3 < np.mean(got["valid"]) < 0.98  # some draws were used
+  # Invalid completions score through their draws: not 0 as under the default.
+  invalid = ~got["valid"]
+  assert (got["regression"][invalid] > 0).all() and (got["ranking"][invalid] > 0).all()
+  # Another key, other draws; the same key, the same rewards.
+  again = R.score_texts(texts, labels, G, perturbed=pert, config=RELEASE, key=key)
+  np.testing.assert_array_equal(again["total"], got["total"])
+  other = R.score_texts(texts, labels, G, perturbed=pert, config=RELEASE,
+                        key=jax.random.key(6))
+  assert not np.array_equal(other["total"], got["total"])
+  with pytest.raises(ValueError, match="pass a key"):
+    R.score_texts(texts, labels, G, config=RELEASE)

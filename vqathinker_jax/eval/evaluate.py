@@ -5,7 +5,8 @@ parser).
 
 Per data set, `{out_dir}/{name}.json` (metrics + every video), `{name}.png` (scatter and
 logistic fit) and `{name}_reasoning.jsonl` (one line per video with its text);
-`run` adds `summary.json` over all sets under `workdir/eval/<tag>/`.
+`run` adds `summary.json` over all sets and `report.html` (html_report: a results browser
+with plots, metrics and every video's frames and reasoning) under `workdir/eval/<tag>/`.
 
 Legend: T frames, H/W pixels, S square frame side.
 """
@@ -21,17 +22,21 @@ import numpy as np
 
 from data_pipelines import builder, pipeline
 from vqathinker_jax import factory
-from vqathinker_jax.eval import correlation, predict, report
+from vqathinker_jax.eval import correlation, html_report, predict, report
+from vqathinker_jax.eval import understanding
 from vqathinker_jax.text import tokenizer as tok_lib
 
 # ----------------------------------------------------------------------------- data sets
 
-def open_set(data_dir, name: str, split: str, frames: int, size: int):
-  """The TFDS source of eval set ``name``; a clear error if it is not built."""
+def open_set(data_dir, name: str, split: str, frames: int, size: int,
+             honour_rotation: bool = True):
+  """The TFDS source of eval set ``name``; a clear error if it is not built.
+  ``honour_rotation=False`` (config.data.honour_rotation) opens its `_norot` build."""
   data_dir = epath.Path(data_dir)  # a gs:// data_dir keeps its scheme
-  tfds_name = builder.tfds_name(name, frames, size)
+  tfds_name = builder.tfds_name(name, frames, size, honour_rotation)
   how = (f"build it with: python -m data_pipelines.prepare --name {name} --labels LABELS "
-         f"--videos VIDEO_DIR --data_dir {data_dir} --frames {frames} --size {size}")
+         f"--videos VIDEO_DIR --data_dir {data_dir} --frames {frames} --size {size}"
+         + ("" if honour_rotation else " --nohonour_rotation"))
   dataset_dir = data_dir / tfds_name / builder.VERSION
   if not (dataset_dir / "dataset_info.json").exists():
     raise FileNotFoundError(
@@ -43,7 +48,7 @@ def open_set(data_dir, name: str, split: str, frames: int, size: int):
     raise FileNotFoundError(
         f"eval set {name!r} (config.eval.sets) has no split {split!r} (config.eval.split) in "
         f"{dataset_dir}; it has {splits}")
-  return pipeline.data_source(str(data_dir), name, split, frames, size)
+  return pipeline.data_source(str(data_dir), name, split, frames, size, honour_rotation)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -61,9 +66,10 @@ def _f32(v) -> float:
 def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, out_dir,
                     batch_size: int, max_new_tokens: int, prompt_layout: str = "train",
                     train_selection: bool = False, max_videos: int = 0,
-                    parse: str = "lenient") -> dict:
+                    parse: str = "lenient", thumbnails: dict | None = None) -> dict:
   """Scores the records of ``source`` in order (the first ``max_videos`` if > 0) and writes
   the report, plot and reasoning lines (process 0 only; every process generates).
+  ``thumbnails``: if a dict, gets {video_id: html_report.frame_strip JPEG} (for report.html).
 
   Returns {dataset, metrics (eval_report's + `rmse_label`: RMSE against the [1, 5]
   labels), n, frames, size, seconds (generation), videos_per_s, json_path, png_path,
@@ -89,7 +95,10 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
       video_ids.append(_text(record["video_id"]))
       mos.append(_f32(record["mos"]))
       labels.append(_f32(record["label"]))
-      yield np.asarray(record["frames"])
+      frames_TxHxWx3 = np.asarray(record["frames"])
+      if thumbnails is not None:  # a few kB: the frames themselves are not kept
+        thumbnails[video_ids[-1]] = html_report.frame_strip(frames_TxHxWx3)
+      yield frames_TxHxWx3
 
   t0 = time.perf_counter()
   scored = predict.score_batches(model, tokenizer, frames(), prompt=prompt,
@@ -126,7 +135,9 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
   ``model``/``tokenizer``/``mesh``: a trainer passes its own (the model restored from its
   checkpoint); by default they come from the config. Writes `workdir/eval/<tag>/` (the
   per-set files and `summary.json`), prints the summary table and returns the summary:
-  {tag, split, frames, size, sets: {name: evaluate_source's dict}, out_dir, summary_path}.
+  {tag, split, frames, size, sets: {name: evaluate_source's dict}, out_dir, summary_path},
+  plus `qa` ({name: understanding.evaluate_qa_source's dict}, config.eval.qa_sets) and
+  `attribution` ({name: metrics}, config.eval.attribution) when there are any.
   """
   workdir = epath.Path(workdir)
   e = config.eval
@@ -137,25 +148,35 @@ def run(config, workdir, *, model=None, tokenizer=None, mesh=None, tag: str = "e
   if config.data.synthetic.enabled and factory.SYNTHETIC in names:
     factory.ensure_synthetic(config, workdir, e.frames, e.size)
   # Every set is opened before anything is generated: a typo fails in seconds, not hours.
-  sources = {n: open_set(data_dir, n, e.split, e.frames, e.size) for n in names}
+  sources = {n: open_set(data_dir, n, e.split, e.frames, e.size, config.data.honour_rotation)
+             for n in names}
+  qa_sources = understanding.open_qa_sets(config, workdir, data_dir)  # config.eval.qa_sets
   mesh = mesh if mesh is not None else factory.make_mesh(config)
   if model is None:
     model, _ = factory.build_model(config, mesh)  # outside the mesh context: logical names there
   if tokenizer is None:
     tokenizer = factory.tokenizer(config, workdir)
   out_dir = workdir / "eval" / tag
-  reports = {}
+  reports, thumbnails = {}, {}
   with jax.set_mesh(mesh):
     for n, source in sources.items():
       reports[n] = evaluate_source(
           model, tokenizer, source, n, out_dir=out_dir, batch_size=e.batch_size,
           max_new_tokens=e.max_new_tokens, prompt_layout=e.prompt_layout,
-          train_selection=e.train_selection, max_videos=e.max_videos, parse=e.parse)
+          train_selection=e.train_selection, max_videos=e.max_videos, parse=e.parse,
+          thumbnails=thumbnails.setdefault(n, {}))
+    qa = understanding.run_qa(model, tokenizer, qa_sources, config, out_dir)
+  attribution = (understanding.attribution_reports(config, workdir, reports, out_dir)
+                 if e.attribution else {})
   summary = dict(tag=tag, split=e.split, frames=e.frames, size=e.size, sets=reports,
                  out_dir=str(out_dir), summary_path=str(out_dir / "summary.json"))
+  summary.update({k: v for k, v in (("qa", qa), ("attribution", attribution)) if v})
   summary = report._jsonable(summary)  # pylint: disable=protected-access  # NaN -> null
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
     print(report.summary_table(reports.values()))
+    if qa or attribution:
+      print(understanding.summary_table(qa, attribution))
+    html_report.write_eval_report(config, workdir, out_dir, reports, thumbnails, tag=tag)
   return summary

@@ -84,38 +84,41 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
-                  prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
-                  train_selection: bool = False, parse: str = "lenient") -> list[Scored]:
-  """Greedy generation + docs/method.md §5 parse for uint8 [T, H, W, 3] videos, in order.
+def generate_texts(model, tokenizer: tok_lib.Tokenizer,
+                   videos: Iterable[tuple[np.ndarray, np.ndarray]], *, prompt_len: int,
+                   batch_size: int, max_new_tokens: int,
+                   train_selection: bool = False) -> list[str]:
+  """Greedy completions for (uint8 frames [T, H, W, 3], prompt ids [P]) pairs, in order.
 
-  ``frames`` is consumed lazily, one batch at a time (an evaluation set does not fit in
-  host memory). Every batch has the same shape (the last one is padded by repetition), so
-  the rollout compiles once. Call inside `jax.set_mesh(mesh)` to split the batch over the
-  mesh. ``train_selection``: SlowFast's training frame selection (T//3, x6) instead of the
-  evaluation one (T//4, x4). ``parse``: `report.parse_eval_answer`'s parser.
+  ``videos`` is consumed lazily, one batch at a time (an evaluation set does not fit in
+  host memory). Each prompt is right-padded to ``prompt_len`` (the rollout masks the
+  padding and continues each row's positions from its own length, so a row reads as if
+  alone) and the last batch is padded by repetition: every batch has one shape and the
+  rollout compiles once. Call inside `jax.set_mesh(mesh)` to split the batch over the mesh.
+  ``train_selection``: SlowFast's training frame selection (T//3, x6) instead of the
+  evaluation one (T//4, x4).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  ids_BP = np.tile(tok_lib.prompt_ids(tokenizer, prompt), (batch_size, 1))
-  ids_BP, mask_BP = _to_device(ids_BP), _to_device(np.ones_like(ids_BP))
   rng = jax.random.key(0)  # unused by greedy decoding, but generate takes one
 
   def launch(chunk):
-    pix_BTHWC = factory.normalize_frames(np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk))))
-    out = rollout.generate_jit(model, ids_BP, mask_BP, _to_device(pix_BTHWC), rng=rng,
-                               greedy=True, max_new_tokens=max_new_tokens,
+    rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    ids_BP, mask_BP = tok_lib.pad_batch([ids for _, ids in rows], tokenizer.special.pad,
+                                        prompt_len)
+    pix_BTHWC = factory.normalize_frames(np.stack([f for f, _ in rows]))
+    out = rollout.generate_jit(model, _to_device(ids_BP), _to_device(mask_BP),
+                               _to_device(pix_BTHWC), rng=rng, greedy=True,
+                               max_new_tokens=max_new_tokens,
                                stop_ids=tokenizer.special.stop_ids, train=train_selection)
     return len(chunk), out["tokens_NC"], out["lengths_N"]
 
   def finish(n, tokens_NC, lengths_N):
     tokens_BC, lengths_B = _to_host(tokens_NC)[:n], _to_host(lengths_N)[:n]
-    texts = [tokenizer.decode(t[:k]) for t, k in zip(tokens_BC, lengths_B)]
-    return [Scored(t, float(s), bool(ok))
-            for t, (s, ok) in zip(texts, (report.parse_eval_answer(t, parse) for t in texts))]
+    return [tokenizer.decode(t[:k]) for t, k in zip(tokens_BC, lengths_B)]
 
   results, pending = [], None
-  for chunk in _batches(frames, batch_size):
+  for chunk in _batches(videos, batch_size):
     # Dispatch is asynchronous: the device runs this batch while the host decodes the
     # previous batch's text and reads the next videos.
     launched = launch(chunk)
@@ -127,14 +130,36 @@ def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarr
   return results
 
 
+def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
+                  prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
+                  train_selection: bool = False, parse: str = "lenient") -> list[Scored]:
+  """Greedy generation + docs/method.md §5 parse for uint8 [T, H, W, 3] videos, in order:
+  `generate_texts` with one prompt for all. ``frames`` is consumed lazily; every batch
+  has the same shape, so the rollout compiles once. Call inside `jax.set_mesh(mesh)` to
+  split the batch over the mesh. ``train_selection``: SlowFast's training frame selection
+  (T//3, x6) instead of the evaluation one (T//4, x4). ``parse``:
+  `report.parse_eval_answer`'s parser.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  ids_P = tok_lib.prompt_ids(tokenizer, prompt)
+  texts = generate_texts(model, tokenizer, ((f, ids_P) for f in frames), prompt_len=len(ids_P),
+                         batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         train_selection=train_selection)
+  return [Scored(t, float(s), bool(ok))
+          for t, (s, ok) in zip(texts, (report.parse_eval_answer(t, parse) for t in texts))]
+
+
 def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: int, size: int,
             max_new_tokens: int = 1024, batch_size: int = 4, prompt_layout: str = "train",
-            train_selection: bool = False, parse: str = "lenient") -> list[Prediction]:
+            train_selection: bool = False, parse: str = "lenient",
+            honour_rotation: bool = True) -> list[Prediction]:
   """Greedy predictions in the order of ``videos`` (`score_batches` over the videos that
   decode; the others get an error entry). Videos are decoded as the batches need them.
 
   ``train_selection``: SlowFast's training frame selection (T//3, x6; e.g. 6 frames)
   instead of the evaluation one (T//4, x4; the reference evaluates 12 frames at 560 px).
+  ``honour_rotation``: decode.decode's (False: stored orientation, as the reference reads).
   """
   videos = list(videos)
   cfg = model.cfg
@@ -147,7 +172,8 @@ def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: in
   def decoded():
     for i, path in enumerate(videos):
       try:
-        frames_THWC = decode.decode(path, frames, size).frames_TxHxWx3
+        frames_THWC = decode.decode(path, frames, size,
+                                    honour_rotation=honour_rotation).frames_TxHxWx3
       except (decode.DecodeError, OSError) as e:  # corrupt, missing, not a video, ...
         errors[i] = Prediction(str(path), None, False, "", f"{type(e).__name__}: {e}")
         continue
@@ -181,7 +207,7 @@ def run(config, workdir) -> dict:
     preds = predict(m, tokenizer, paths, frames=c.frames, size=c.size,
                     max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
                     prompt_layout=c.prompt_layout, train_selection=c.train_selection,
-                    parse=c.parse)
+                    parse=c.parse, honour_rotation=config.data.honour_rotation)
   workdir = epath.Path(workdir)  # gs:// keeps its scheme
   workdir.mkdir(parents=True, exist_ok=True)
   out = workdir / "predictions.json"

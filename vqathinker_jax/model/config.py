@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
 from vqathinker_jax.model.slowfast import SlowFastConfig
@@ -27,10 +28,22 @@ class VisionConfig:
   layer_norm_eps: float = 1e-6
   layer_scale_init: float = 0.1
   final_norm: bool = False       # InternVL3 has none (use_mean_pooling=True in transformers)
+  # Stochastic depth (InternVL's `drop_path_rate`): the last block's rate, block l's is
+  # linspace(0, rate, num_layers)[l]. Applied only where a caller passes a key (the GRPO
+  # rollout and update, as the reference's train mode); 0 = off.
+  drop_path_rate: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f"VisionConfig.drop_path_rate={self.drop_path_rate}: must be in [0, 1)")
 
   @property
   def grid(self) -> int:
     return self.image_size // self.patch_size
+
+  def drop_path_rates(self) -> tuple[float, ...]:
+    """Per-block drop rates, `torch.linspace(0, rate, num_layers)` as InternVL's encoder."""
+    return tuple(float(p) for p in np.linspace(0.0, self.drop_path_rate, self.num_layers))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,13 +148,15 @@ def config_from_hf(config: dict, *, has_lm_head: bool,
                    motion: slowfast.SlowFastConfig | None = None,
                    path: pathlib.Path | None = None, dtype: str = "float32",
                    param_dtype: str = "float32", image_token_id: int | None = None,
-                   attention: str = "auto", scan_layers: bool = False) -> ModelConfig:
+                   attention: str = "auto", scan_layers: bool = False,
+                   drop_path_rate: float = 0.0) -> ModelConfig:
   """ModelConfig from a config.json of either layout.
 
   Tying is decided by the tensors (an lm_head present means untied): transformers'
   InternVL config defaults `tie_word_embeddings=True`, which is wrong for InternVL3.
   So is the motion branch (see `motion_config`): the release's config.json does not
-  announce it.
+  announce it. ``drop_path_rate``: `VisionConfig.drop_path_rate`; negative takes
+  `checkpoint_drop_path_rate` (the checkpoint's own).
   """
   layout = detect_layout(config)
   if layout == "hf":
@@ -177,10 +179,20 @@ def config_from_hf(config: dict, *, has_lm_head: bool,
     raise CheckpointError(f"projector_hidden_act {act!r} is not supported (only gelu)")
   if isinstance(feature_layer, (list, tuple)):
     raise CheckpointError("a list of vision_feature_layer indices is not supported")
+  if drop_path_rate < 0:
+    drop_path_rate = checkpoint_drop_path_rate(config)
+  vision = dataclasses.replace(vision, drop_path_rate=float(drop_path_rate))
   return ModelConfig(vision=vision, text=text, image_token_id=int(token), motion=motion,
                      downsample_ratio=config.get("downsample_ratio", 0.5),
                      vision_feature_layer=int(feature_layer), dtype=dtype, param_dtype=param_dtype,
                      attention=attention, scan_layers=scan_layers)
+
+
+def checkpoint_drop_path_rate(config: dict) -> float:
+  """The stochastic-depth rate a config.json's ViT trains with: `vision_config.drop_path_rate`
+  (InternVisionConfig's, 0.0 when absent; transformers' own InternVL vision config has none,
+  so the "hf" layout gives 0.0)."""
+  return float(config.get("vision_config", {}).get("drop_path_rate", 0.0) or 0.0)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -447,7 +459,7 @@ def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=None,
          rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
          slowfast_weights=None, seed: int = 0, attention: str = "auto",
-         scan_layers: bool = False):
+         scan_layers: bool = False, drop_path_rate: float = 0.0):
   """(model, cfg) from a local checkpoint directory; see `model.from_pretrained`."""
 
   path = pathlib.Path(path)
@@ -469,7 +481,7 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
                        motion=motion_config(config, {k: files.shape(v) for k, v in stored.items()}),
                        path=path, dtype=dtype, param_dtype=param_dtype,
                        image_token_id=image_token_id, attention=attention,
-                       scan_layers=scan_layers)
+                       scan_layers=scan_layers, drop_path_rate=drop_path_rate)
   wmap = weight_map(cfg, layout)
   fresh = {}
   if cfg.motion is not None and not any(k.startswith(MOTION_PREFIX) for k in stored):
@@ -622,7 +634,7 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
 def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
                     rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
                     slowfast_weights=None, seed: int = 0, attention: str = "auto",
-                    scan_layers: bool = False):
+                    scan_layers: bool = False, drop_path_rate: float = 0.0):
   """Load a local Hugging Face InternVL directory (either layout) onto ``mesh``.
 
   Returns ``(model, cfg)``. ``dtype`` is the compute dtype; parameters are stored in
@@ -631,12 +643,14 @@ def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
   motion branch. ``slowfast_weights``: a safetensors file from
   `tools/convert_slowfast.py` that adds (or replaces) SlowFast; a checkpoint without
   `motion_mlp` then gets a fresh one, initialised from ``seed``. ``attention``:
-  `ModelConfig.attention`, the attention kernel.
+  `ModelConfig.attention`, the attention kernel. ``drop_path_rate``: the ViT's
+  stochastic depth in training (`VisionConfig.drop_path_rate`; 0 = off, the default;
+  negative = the checkpoint's own `vision_config.drop_path_rate`).
   """
   return load(path, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype or dtype),
               mesh=mesh, rules=rules, image_token_id=image_token_id,
               slowfast_weights=slowfast_weights, seed=seed, attention=attention,
-              scan_layers=scan_layers)
+              scan_layers=scan_layers, drop_path_rate=drop_path_rate)
 
 
 def save_pretrained(m: internvl.InternVL, cfg: ModelConfig, path, **kwargs) -> None:

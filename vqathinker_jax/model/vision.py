@@ -1,5 +1,7 @@
 """InternViT encoder, pixel shuffle and the `mlp1` projector (channels-last).
 
+Stochastic depth (drop-path) runs only when a caller passes ``drop_key`` (the GRPO rollout
+and update, docs/method.md §4); without one every forward is the deterministic one.
 Legend: N frames, H/W pixels, h/w patch grid, P patches, C ViT width, D LLM width.
 """
 
@@ -63,6 +65,16 @@ def pixel_shuffle(x_NhwC: jax.Array) -> jax.Array:
   return x.reshape(N, (h // 2) * (w // 2), 4 * C)
 
 
+def drop_path(branch_NPC: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+  """timm's `DropPath` on a residual branch: each sample (frame) is zeroed with
+  probability ``rate`` and otherwise scaled by 1 / (1 - rate), in the branch's dtype (as
+  timm's `random_tensor.div_(keep_prob)`), so the expected output is the branch."""
+  keep = 1.0 - rate
+  keep_N = jax.random.bernoulli(key, keep, (branch_NPC.shape[0],))
+  scale_N = jnp.where(keep_N, 1.0 / keep, 0.0).astype(branch_NPC.dtype)
+  return branch_NPC * scale_N[:, None, None]
+
+
 class VisionAttention(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
@@ -91,9 +103,11 @@ class VisionAttention(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-  """Pre-norm block with layer-scale: x += ls1*attn(norm1 x); x += ls2*mlp(norm2 x)."""
+  """Pre-norm block with layer-scale: x += ls1*attn(norm1 x); x += ls2*mlp(norm2 x); with
+  a key and ``drop_rate`` > 0, each branch (after layer-scale) goes through `drop_path`."""
 
-  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs, attention: str = "auto"):
+  def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs, attention: str = "auto",
+               drop_rate: float = 0.0):
     C, F = cfg.hidden_size, cfg.intermediate_size
     norm = functools.partial(layers.make_norm, cfg.norm_type, C, cfg.layer_norm_eps, "norm",
                              dtype=dtype, param_dtype=param_dtype)
@@ -105,12 +119,20 @@ class VisionBlock(nnx.Module):
     kw = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.fc1 = layers.Dense(C, F, ("vit_embed", "vit_mlp"), **kw)
     self.fc2 = layers.Dense(F, C, ("vit_mlp", "vit_embed"), **kw)
+    self.drop_rate = float(drop_rate)  # static: InternVL's nn.Identity() at rate 0
 
-  def __call__(self, x_NPC: jax.Array) -> jax.Array:
+  def __call__(self, x_NPC: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
     dt = x_NPC.dtype
-    x_NPC = x_NPC + self.ls1[...].astype(dt) * self.attn(self.norm1(x_NPC))
-    h = self.fc2(layers.gelu(self.fc1(self.norm2(x_NPC))))
-    return x_NPC + self.ls2[...].astype(dt) * h
+    if drop_key is None or self.drop_rate == 0.0:  # the deterministic block, op for op
+      x_NPC = x_NPC + self.ls1[...].astype(dt) * self.attn(self.norm1(x_NPC))
+      h = self.fc2(layers.gelu(self.fc1(self.norm2(x_NPC))))
+      return x_NPC + self.ls2[...].astype(dt) * h
+    # Two independent masks (drop_path1, drop_path2), as InternVisionEncoderLayer.
+    key_attn, key_mlp = jax.random.split(drop_key)
+    attn = self.ls1[...].astype(dt) * self.attn(self.norm1(x_NPC))
+    x_NPC = x_NPC + drop_path(attn, key_attn, self.drop_rate)
+    h = self.ls2[...].astype(dt) * self.fc2(layers.gelu(self.fc1(self.norm2(x_NPC))))
+    return x_NPC + drop_path(h, key_mlp, self.drop_rate)
 
 
 class InternViT(nnx.Module):
@@ -128,16 +150,19 @@ class InternViT(nnx.Module):
     if not -num_states <= feature_layer < num_states:
       raise ValueError(f"vision_feature_layer={feature_layer} outside [-{num_states}, {num_states})")
     num_run = feature_layer % num_states
+    rates = cfg.drop_path_rates()  # over all num_layers, even when fewer blocks run
     self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                        attention=attention)
-                            for _ in range(num_run)])
+                                        attention=attention, drop_rate=rates[l])
+                            for l in range(num_run)])
     # transformers' optional final norm is a LayerNorm whatever `norm_type` says.
     self.final_norm = (layers.LayerNorm(C, cfg.layer_norm_eps, "norm", dtype=dtype,
                                         param_dtype=param_dtype)
                        if cfg.final_norm and num_run == cfg.num_layers else None)
     self.cfg, self.dtype = cfg, dtype
 
-  def __call__(self, pix_NHWC: jax.Array) -> jax.Array:
+  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
+    """Patch tokens [N, P, C]; ``drop_key``: drop-path masks (block l draws from
+    `fold_in(drop_key, l)`), None for none."""
     N, H, W, _ = pix_NHWC.shape
     p, C, g = self.cfg.patch_size, self.cfg.hidden_size, self.cfg.grid
     h, w = H // p, W // p
@@ -152,8 +177,8 @@ class InternViT(nnx.Module):
     cls_C = (self.cls[...] + pos[0]).astype(self.dtype)
     x_NPC = x_NPC + pos_patch.astype(self.dtype)
     x_NPC = jnp.concatenate([jnp.broadcast_to(cls_C, (N, 1, C)), x_NPC], axis=1)
-    for block in self.blocks:
-      x_NPC = block(x_NPC)
+    for l, block in enumerate(self.blocks):
+      x_NPC = block(x_NPC, None if drop_key is None else jax.random.fold_in(drop_key, l))
     if self.final_norm is not None:
       x_NPC = self.final_norm(x_NPC)
     return x_NPC[:, 1:]  # the CLS token is dropped
@@ -182,8 +207,8 @@ class VisionTower(nnx.Module):
     self.mlp1 = Projector(4 * cfg.vision.hidden_size, cfg.text.hidden_size, dtype=dt,
                           param_dtype=pdt, rngs=rngs)
 
-  def __call__(self, pix_NHWC: jax.Array) -> jax.Array:
-    x_NPC = self.vit(pix_NHWC)
+  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
+    x_NPC = self.vit(pix_NHWC, drop_key)
     N, H, W, _ = pix_NHWC.shape
     p = self.vit.cfg.patch_size
     return self.mlp1(pixel_shuffle(x_NPC.reshape(N, H // p, W // p, -1)))

@@ -25,6 +25,17 @@ from vqathinker_jax.rl import rewards as rewards_lib, rollout
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# Keys a step folds from its key (`jax.random.fold_in(rng, tag)`) for the ViT's drop-path
+# and the rewards' random scores. `split(rng)` keeps giving the two rollouts' keys, and
+# under JAX's default threefry_partitionable `split(k)[i] == fold_in(k, i)`, so the tags
+# stay clear of 0 and 1; with neither feature on, no tag is folded and the step is the
+# same program as without them.
+KEY_DROP_ROLLOUT = 101     # the rollout's prefill (masks shared by a video's G rows)
+KEY_DROP_PERTURBED = 102   # the perturbed rollouts' prefill
+KEY_DROP_UPDATE = 103      # the update's forwards (then per iteration and micro-batch)
+KEY_REWARDS = 104          # `RewardConfig.invalid = "random"` scores
+KEY_DROP_OLD = 105         # the old-policy log-probs (num_iterations > 1), folded into
+                           # the update's key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +120,16 @@ def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC):
 
 def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completions_BGC, *,
                    temperature: float = 1.0, chunk: int = 256, train: bool = True,
-                   remat: str = "off"):
+                   remat: str = "off", drop_key: jax.Array | None = None):
   """Log-probs [B, G, C] of the completion tokens and the entropies of their predictive
   distributions, from one packed pass; the LM head runs K tokens at a time (rematerialised
-  in the backward pass) so [B, G·C, V] logits never exist at once."""
+  in the backward pass) so [B, G·C, V] logits never exist at once. ``drop_key``: the
+  ViT's drop-path masks (one ViT pass per video, shared by its G completions)."""
   B, G, C = completions_BGC.shape
   packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC)
   h_BLD = model.hidden_states(packed["ids"], pixel_values, packed["positions"], packed["mask"],
-                              train=train, slots_BT=packed["slots"], remat=remat)
+                              train=train, slots_BT=packed["slots"], remat=remat,
+                              drop_key=drop_key)
   h_BMD = jnp.take_along_axis(h_BLD, packed["src"].reshape(B, G * C, 1), axis=1)
   tgt_BM = completions_BGC.reshape(B, G * C)
   M = G * C
@@ -190,16 +203,25 @@ def _micro(x, n):
   return x.reshape(n, x.shape[0] // n, *x.shape[1:])
 
 
-def _logprobs_no_grad(graphdef, params, rest, batch, cfg, n_micro):
-  """Log-probs of a frozen copy (old policy or reference) in micro-batches."""
+def _fold_keys(key: jax.Array, n: int) -> jax.Array:
+  """[n] keys `fold_in(key, i)`: one per micro-batch, scanned with it."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def _logprobs_no_grad(graphdef, params, rest, batch, cfg, n_micro, drop_key=None):
+  """Log-probs of a frozen copy (old policy or reference) in micro-batches; ``drop_key``:
+  the ViT's drop-path (the old policy, sampled in train mode by the reference; never the
+  reference model, which TRL runs in eval mode)."""
   def one(mb):
     m = nnx.merge(graphdef, params, rest)
     logp, _ = token_logprobs(m, mb["prompt_ids"], mb["prompt_mask"], mb["pixel_values"],
                              mb["completions"], temperature=cfg.temperature,
-                             chunk=cfg.logprob_chunk)
+                             chunk=cfg.logprob_chunk, drop_key=mb.get("drop_key"))
     return jax.lax.stop_gradient(logp)
   keys = ("prompt_ids", "prompt_mask", "pixel_values", "completions")
   mbs = {k: _micro(batch[k], n_micro) for k in keys}
+  if drop_key is not None:
+    mbs["drop_key"] = _fold_keys(drop_key, n_micro)
   out = jax.lax.map(one, mbs)
   return out.reshape(-1, *out.shape[2:])
 
@@ -212,7 +234,7 @@ def _micro_loss(graphdef, rest, cfg: GRPOConfig, num_items, n_micro: int, ratio_
     logp, ent = token_logprobs(m, mbatch["prompt_ids"], mbatch["prompt_mask"],
                                mbatch["pixel_values"], mbatch["completions"],
                                temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                               remat=cfg.remat)
+                               remat=cfg.remat, drop_key=mbatch.get("drop_key"))
     old = jax.lax.stop_gradient(logp) if ratio_one else mbatch["old_logp"]
     tok, kl, low, high = per_token_loss(logp, old, mbatch["ref_logp"], mbatch["advantages"], cfg)
     cm = mbatch["completion_mask"].astype(jnp.float32)
@@ -236,7 +258,7 @@ def _accumulate(grad_fn, params, micro_batches):
 
 
 def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
-           cfg: GRPOConfig):
+           cfg: GRPOConfig, drop_key: jax.Array | None = None):
   """`num_iterations` policy updates on one batch of scored rollouts -> (state, metrics).
 
   ``state``: a `train.state.TrainState` (params, rest, opt_state, ref_params, step,
@@ -246,6 +268,10 @@ def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
   completions [B, G, C], completion_mask [B, G, C] (through the first EOS), advantages
   [B, G], and optionally old_logp [B, G, C] (the sampler's log-probs; default: this
   policy's, i.e. ratio 1 on the first iteration).
+
+  ``drop_key``: the ViT's drop-path in the policy's forwards, fresh masks for each
+  iteration and micro-batch (`fold_in(fold_in(drop_key, iteration), micro-batch)`), as
+  the reference's train-mode passes; the reference model's pass has none. None: none.
   """
   B = batch["prompt_ids"].shape[0]
   mb = cfg.micro_batch_size or B
@@ -263,7 +289,9 @@ def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
   ratio_one = old_logp is None and cfg.num_iterations == 1
   if old_logp is None and not ratio_one:
     with jax.named_scope("old_logprobs"):
-      old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp)
+      old_drop = None if drop_key is None else jax.random.fold_in(drop_key, KEY_DROP_OLD)
+      old_logp = _logprobs_no_grad(graphdef, state.params, state.rest, batch, cfg, n_lp,
+                                   old_drop)
   with jax.named_scope("reference"):
     ref_logp = (_logprobs_no_grad(graphdef, state.ref_params, state.rest, batch, cfg, n_lp)
                 if cfg.beta else jnp.zeros(mask.shape, jnp.float32))
@@ -277,9 +305,12 @@ def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
   grad_fn = jax.value_and_grad(_micro_loss(graphdef, state.rest, cfg, num_items, n_micro,
                                             ratio_one), has_aux=True)
 
-  def one_iteration(carry, _):
+  def one_iteration(carry, iteration):
     params, opt_state = carry
-    loss, sums, grads = _accumulate(grad_fn, params, {k: _micro(data[k], n_micro) for k in keys})
+    micro_batches = {k: _micro(data[k], n_micro) for k in keys}
+    if drop_key is not None:
+      micro_batches["drop_key"] = _fold_keys(jax.random.fold_in(drop_key, iteration), n_micro)
+    loss, sums, grads = _accumulate(grad_fn, params, micro_batches)
     new, grad_norm, finite = state.replace(params=params, opt_state=opt_state).apply_gradients(
         tx, loss, grads)
     out = dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32),
@@ -287,8 +318,9 @@ def update(graphdef, state, batch: dict, tx: optax.GradientTransformation,
     return (new.params, new.opt_state), out
 
   with jax.named_scope("update"):
+    iterations = None if drop_key is None else jnp.arange(cfg.num_iterations)
     (params, opt_state), per_iter = jax.lax.scan(
-        one_iteration, (state.params, state.opt_state), None, length=cfg.num_iterations)
+        one_iteration, (state.params, state.opt_state), iterations, length=cfg.num_iterations)
   metrics = jax.tree.map(lambda x: x[-1], per_iter)
   metrics["skipped"] = per_iter["skipped"].sum()
   lengths = mask.astype(jnp.float32).sum(-1)
@@ -307,10 +339,13 @@ def vqathinker_rewards(table: rewards_lib.ByteTable, cfg: rewards_lib.RewardConf
 
   ``max_bytes`` bounds the detokenised text (default: C x the longest token, which for
   Qwen's vocabulary is ~100x C); longer completions are scored as cut (`overflow`).
+  With ``cfg.invalid = "random"`` the function draws from a ``key`` (`needs_key`:
+  `train_step` then passes one).
   """
-  def reward_fn(tokens_NC, mask_NC, labels_B, perturbed):
+  def reward_fn(tokens_NC, mask_NC, labels_B, perturbed, key=None):
     return rewards_lib.rewards_from_ids(table, tokens_NC, mask_NC, labels_B, cfg,
-                                        perturbed=perturbed, max_bytes=max_bytes)
+                                        perturbed=perturbed, max_bytes=max_bytes, key=key)
+  reward_fn.needs_key = cfg.needs_key
   return reward_fn
 
 
@@ -321,7 +356,12 @@ def train_step(graphdef, state, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig
   batch: prompt_ids [B, P] and prompt_mask [B, P] (right-padded), pixel_values
   [B, T, H, W, 3] (normalised), labels [B] in [1, 5], and for the temporal reward
   perturb_idx / blank [B, G, T] (`data_pipelines.pipeline`). ``reward_fn(tokens_NC,
-  mask_NC, labels_B, perturbed)`` returns at least `total` and `advantage` [N].
+  mask_NC, labels_B, perturbed)`` returns at least `total` and `advantage` [N]; one with
+  a true ``needs_key`` attribute also gets ``key=`` (`vqathinker_rewards`).
+
+  A policy whose `VisionConfig.drop_path_rate` is > 0 runs the ViT with drop-path in
+  the rollouts and the update (the reference samples and trains in train mode), from
+  keys folded out of ``rng`` (`KEY_DROP_*`); evaluation never passes one.
   """
   B = batch["prompt_ids"].shape[0]
   G, C = cfg.num_generations, cfg.max_completion_length
@@ -329,11 +369,14 @@ def train_step(graphdef, state, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig
                    top_p=cfg.top_p, stop_ids=tuple(cfg.stop_ids), train=True)
   policy = nnx.merge(graphdef, state.params, state.rest)
   rng_orig, rng_pert = jax.random.split(rng)
+  drop = policy.cfg.vision.drop_path_rate > 0
+  drop_key = lambda tag: jax.random.fold_in(rng, tag) if drop else None
   with jax.named_scope("rollout"):
     # One decode copy of the weights for both rollouts (`rollout.decoder`).
     sample_kw["lm"] = rollout.decoder(policy, cfg.decode_layout)
     out = rollout.generate(policy, batch["prompt_ids"], batch["prompt_mask"],
-                           batch["pixel_values"], rng=rng_orig, num_generations=G, **sample_kw)
+                           batch["pixel_values"], rng=rng_orig, num_generations=G,
+                           drop_key=drop_key(KEY_DROP_ROLLOUT), **sample_kw)
   perturbed = None
   if cfg.temporal and "perturb_idx" in batch:
     # G perturbed copies per video, one rollout each; scored, never trained on.
@@ -343,16 +386,20 @@ def train_step(graphdef, state, batch: dict, rng: jax.Array, tx, cfg: GRPOConfig
       pert = rollout.generate(policy, jnp.repeat(batch["prompt_ids"], G, axis=0),
                               jnp.repeat(batch["prompt_mask"], G, axis=0),
                               pix_BGTHWC.reshape(B * G, *pix_BGTHWC.shape[2:]), rng=rng_pert,
-                              num_generations=1, **sample_kw)
+                              num_generations=1, drop_key=drop_key(KEY_DROP_PERTURBED),
+                              **sample_kw)
     perturbed = (pert["tokens_NC"], pert["mask_NC"])
   with jax.named_scope("rewards"):
-    scores = reward_fn(out["tokens_NC"], out["mask_NC"], batch["labels"], perturbed)
+    reward_kw = ({"key": jax.random.fold_in(rng, KEY_REWARDS)}
+                 if getattr(reward_fn, "needs_key", False) else {})
+    scores = reward_fn(out["tokens_NC"], out["mask_NC"], batch["labels"], perturbed,
+                       **reward_kw)
   update_batch = dict(
       prompt_ids=batch["prompt_ids"], prompt_mask=batch["prompt_mask"],
       pixel_values=batch["pixel_values"], completions=out["tokens_NC"].reshape(B, G, C),
       completion_mask=out["mask_NC"].reshape(B, G, C),
       advantages=scores["advantage"].reshape(B, G))
-  state, metrics = update(graphdef, state, update_batch, tx, cfg)
+  state, metrics = update(graphdef, state, update_batch, tx, cfg, drop_key(KEY_DROP_UPDATE))
   total_BG = scores["total"].reshape(B, G)
   metrics.update({f"reward/{k}": v.astype(jnp.float32).mean() for k, v in scores.items()
                   if k not in ("advantage", "score", "decimals")})

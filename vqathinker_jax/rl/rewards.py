@@ -9,7 +9,9 @@ jumping; no sequential scan) that agree exactly with Python `re` on the decoded 
           whole text if none (as the reference), then the first `-?\\d+(\\.\\d+)?` in it.
 `\\s` and `\\d` are Unicode-aware as in Python (e.g. U+3000, `３`); invalid UTF-8 behaves as
 U+FFFD. Project defaults (docs/method.md §3): unparseable -> invalid (never a random score), decimals
-counted as written, fidelity pairing over the whole batch, temporal bonus per video group.
+counted as written, fidelity pairing over the whole batch, temporal bonus per video group; each
+has the release's behaviour as an option (`RewardConfig.invalid`, `decimals`, `pairing`,
+`temporal_scope`, docs/method.md §7).
 Legend: N completions (B videos x G, video-major), C completion tokens, L bytes, V vocabulary,
 B videos, G completions per video, Z comparator videos.
 """
@@ -31,6 +33,10 @@ from jax.scipy.special import ndtr
 
 PAIRINGS = ("batch", "micro")          # fidelity comparators: the global batch or micro-batches
 TEMPORAL_SCOPES = ("group", "micro")   # temporal-bonus means: per video group or micro-batch
+INVALID_SCORES = ("zero", "random")    # no number parsed: invalid (rewards 0) | a random score
+DECIMAL_COUNTS = ("written", "float_str")  # decimals as written | of Python's str(float(x))
+# The release's `extract_first_number` falls back to `random.randint(1, 5)`: integers 1..5.
+RANDOM_SCORES = (1, 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,13 @@ class RewardConfig:
   advantage_eps: float = 1e-4            # A = (r - mean) / (std + eps), unbiased std
   # Parsed scores are clamped to +-score_clip so float32 group statistics stay finite.
   score_clip: float = 1e15
+  # No number parsed: 'zero' = invalid (regression and ranking 0, out of mu / sigma^2 and
+  # the comparators) | 'random' = the release: a score from randint(1, 5), drawn apart for
+  # the regression and the ranking reward (the release parses once in each), then valid.
+  invalid: str = "zero"
+  # Decimals for the coarse penalty: 'written' = digits after the point as written ("3.50"
+  # -> 2) | 'float_str' = the release: of str(float(x)), trailing zeros dropped ("3.50" -> 1).
+  decimals: str = "written"
 
   def __post_init__(self):
     if self.pairing not in PAIRINGS:
@@ -64,6 +77,15 @@ class RewardConfig:
       raise ValueError(f"sigma must be > 0 (width of the bell-shaped regression reward), got {self.sigma}")
     if self.min_decimals < 0:
       raise ValueError(f"min_decimals must be >= 0, got {self.min_decimals}")
+    if self.invalid not in INVALID_SCORES:
+      raise ValueError(f"invalid must be one of {INVALID_SCORES}, got {self.invalid!r}")
+    if self.decimals not in DECIMAL_COUNTS:
+      raise ValueError(f"decimals must be one of {DECIMAL_COUNTS}, got {self.decimals!r}")
+
+  @property
+  def needs_key(self) -> bool:
+    """Whether the rewards draw random numbers (then `compute_rewards` needs a key)."""
+    return self.invalid == "random"
 
 
 # ----------------------------------------------------------------------------- byte table
@@ -189,7 +211,7 @@ class Parsed(NamedTuple):
   format_N: jax.Array    # float32 0/1
   valid_N: jax.Array     # bool: a number was found
   score_N: jax.Array     # float32 parsed score (0 where invalid)
-  decimals_N: jax.Array  # int32 digits after the point, as written
+  decimals_N: jax.Array  # int32 decimals (`RewardConfig.decimals`: as written, or float_str)
 
 
 def _shift(x_NL: jax.Array, k: int, fill=0) -> jax.Array:
@@ -227,8 +249,10 @@ def _first(flag_NL: jax.Array, reverse_fill: int) -> jax.Array:
 
 
 def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
-                      score_clip: float = RewardConfig.score_clip) -> Parsed:
-  """Format flag and first-number parse of UTF-8 completions (see the module docstring)."""
+                      score_clip: float = RewardConfig.score_clip,
+                      decimals: str = "written") -> Parsed:
+  """Format flag and first-number parse of UTF-8 completions (see the module docstring);
+  ``decimals``: `RewardConfig.decimals`."""
   L = bytes_NL.shape[1]
   pos_L = jnp.arange(L)
   n_N = jnp.minimum(length_N.astype(jnp.int32), L)
@@ -240,6 +264,8 @@ def parse_completions(bytes_NL: jax.Array, length_N: jax.Array,
   valid_N, neg_N, d0_N, e1_N, e2_N, has_frac = _first_number(b, digit_start, digit_byte,
                                                              lo_N, hi_N)
   value_N, decimals_N = _number_value(digit_start, digit_val, d0_N, e1_N, e2_N, has_frac)
+  if decimals == "float_str":
+    decimals_N = _float_str_decimals(digit_start, digit_val, d0_N, e1_N, e2_N)
   value_N = jnp.clip(jnp.where(neg_N, -value_N, value_N), -score_clip, score_clip)
   return Parsed(format_N=fmt_N.astype(jnp.float32), valid_N=valid_N,
                 score_N=jnp.where(valid_N, value_N, 0.0),
@@ -363,6 +389,57 @@ def _number_value(digit_start, digit_val, d0_N, e1_N, e2_N, has_frac):
   return jnp.where(digits.sum(1) <= 7, exact_N, approx_N), decimals_N
 
 
+def _float_str_decimals(digit_start, digit_val, d0_N, e1_N, e2_N):
+  """The release's decimal count of the number whose digits span [d0, e2) (integer digits
+  end at e1): `len(str(float(x)).split('.')[-1].rstrip('0'))` if '.' is in it, else 0.
+
+  With the significant digits S (n of them) and Python's decimal-point position k
+  (x = 0.S x 10^k), `repr` writes S with a point (count max(0, n - k); "4" -> "4.0" -> 0)
+  for -4 < k <= 16, else in exponent form: "1e+16" (n = 1: no point, 0) or
+  "1.5e+16" -> "5e+16" (n - 1 + 2 + the exponent's digits, at least 2, trailing zeros
+  dropped: "1.5e+20" -> "5e+2"). Exact up to 15 significant digits (a double holds
+  those: `repr` gives S back), for zero ("0.0", "-0.0" -> 0), for x >= 1e309 ('inf') and
+  x < 1e-323 ('0.0', '5e-324', '1e-323'). Approximate: 16 or more significant digits
+  are taken rounded to 17 (half up) with trailing zeros dropped, where Python prints the
+  shortest string that reads back as the same double (e.g. "3.5000000000000001" is 3.5:
+  1, here 16); subnormal doubles (1e-323 <= x < 1e-307), which print fewer digits; and
+  1.8e308 <= x < 1e309, which is 'inf' there.
+  """
+  N, L = digit_start.shape
+  pos_L = jnp.arange(L)
+  ex = jnp.concatenate([jnp.zeros((N, 1), jnp.int32),
+                        jnp.cumsum(digit_start.astype(jnp.int32), axis=1)], axis=1)
+  k_NL = ex[:, :-1] - _at(ex, d0_N)[:, None]            # index of each digit in D = int ++ frac
+  in_num = digit_start & (pos_L >= d0_N[:, None]) & (pos_L < e2_N[:, None])
+  n_int_N = _at(ex, e1_N) - _at(ex, d0_N)
+  big = jnp.int32(L + 1)
+  nonzero = in_num & (digit_val > 0)
+  first_N = jnp.min(jnp.where(nonzero, k_NL, big), axis=1)
+  last_N = jnp.max(jnp.where(nonzero, k_NL, -1), axis=1)
+  is_zero_N = first_N == big
+  n_N = last_N - first_N + 1
+  point_N = n_int_N - first_N                            # Python's decpt
+  # More than 17 significant digits: round to 17 on the 18th.
+  sig17 = in_num & (k_NL >= first_N[:, None]) & (k_NL < first_N[:, None] + 17)
+  up_N = jnp.max(jnp.where(in_num & (k_NL == first_N[:, None] + 17), digit_val, 0), axis=1) >= 5
+  last_non9_N = jnp.max(jnp.where(sig17 & (digit_val != 9), k_NL, -1), axis=1)
+  last_nz17_N = jnp.max(jnp.where(sig17 & (digit_val > 0), k_NL, -1), axis=1)
+  carry_N = up_N & (last_non9_N < 0)                     # 99..9 -> 1 at the next power of ten
+  n17_N = jnp.where(up_N, jnp.where(carry_N, 1, last_non9_N - first_N + 1),
+                    last_nz17_N - first_N + 1)
+  rounded = n_N > 17
+  n_N = jnp.where(rounded, n17_N, n_N)
+  point_N = jnp.where(rounded & carry_N, point_N + 1, point_N)
+  fixed_N = jnp.maximum(n_N - point_N, 0)
+  e_N = jnp.abs(point_N - 1)
+  e_digits_N = jnp.maximum(2, 1 + (e_N >= 10) + (e_N >= 100))
+  e_zeros_N = jnp.where(e_N % 10 == 0, jnp.where(e_N % 100 == 0, 2, 1), 0)
+  sci_N = jnp.where(n_N > 1, n_N - 1 + 2 + e_digits_N - e_zeros_N, 0)
+  out_N = jnp.where((point_N > -4) & (point_N <= 16), fixed_N, sci_N)
+  out_N = jnp.where(is_zero_N | (point_N >= 310) | (point_N <= -323), 0, out_N)
+  return out_N.astype(jnp.int32)
+
+
 # ----------------------------------------------------------------------------- rewards
 
 
@@ -427,12 +504,26 @@ def group_advantages(total_N: jax.Array, G: int, eps: float) -> jax.Array:
   return (d_BG / (std_B[:, None] + eps)).reshape(-1)
 
 
+def random_scores(p: Parsed, key: jax.Array) -> Parsed:
+  """The release's fallback: where no number parsed, a score from randint(1, 5) (an
+  integer: no decimals, written or as str()), and every completion counts as valid."""
+  lo, hi = RANDOM_SCORES
+  draw_N = jax.random.randint(key, p.score_N.shape, lo, hi + 1).astype(p.score_N.dtype)
+  return Parsed(format_N=p.format_N, valid_N=jnp.ones_like(p.valid_N),
+                score_N=jnp.where(p.valid_N, p.score_N, draw_N),
+                decimals_N=jnp.where(p.valid_N, p.decimals_N, 0))
+
+
 def compute_rewards(parsed: Parsed, labels_B: jax.Array, cfg: RewardConfig = RewardConfig(),
-                    perturbed: Parsed | None = None) -> dict[str, jax.Array]:
+                    perturbed: Parsed | None = None,
+                    key: jax.Array | None = None) -> dict[str, jax.Array]:
   """Per-completion rewards ([N] each) from parsed completions, video-major N = B x G.
 
   ``perturbed``: the parse of the G rollouts per video on the temporally perturbed copies;
   when given, the temporal bonus is added to ``ranking`` / ``regression`` (docs/method.md §3).
+  ``key``: for ``cfg.invalid = "random"`` (`random_scores`, one draw for the regression and
+  another for the ranking reward, of the original and of the perturbed rollouts); the
+  outputs ``valid`` and ``score`` stay the parse's own.
   """
   B = labels_B.shape[0]
   N = parsed.score_N.shape[0]
@@ -441,12 +532,24 @@ def compute_rewards(parsed: Parsed, labels_B: jax.Array, cfg: RewardConfig = Rew
   G = N // B
   labels_B = labels_B.astype(jnp.float32)
   labels_N = jnp.repeat(labels_B, G)
-  reg_N = regression_reward(parsed, labels_N, cfg)
-  rank_N = ranking_reward(parsed, labels_B, cfg)
+  # The parses each reward reads: the same, or with the release's random scores (its
+  # regression and ranking functions each parse, and so each draw, on their own).
+  for_reg = for_rank = parsed
+  p_for_reg = p_for_rank = perturbed
+  if cfg.invalid == "random":
+    if key is None:
+      raise ValueError("RewardConfig.invalid='random' draws scores: pass a key")
+    k_reg, k_rank, k_p_reg, k_p_rank = jax.random.split(key, 4)
+    for_reg, for_rank = random_scores(parsed, k_reg), random_scores(parsed, k_rank)
+    if perturbed is not None:
+      p_for_reg = random_scores(perturbed, k_p_reg)
+      p_for_rank = random_scores(perturbed, k_p_rank)
+  reg_N = regression_reward(for_reg, labels_N, cfg)
+  rank_N = ranking_reward(for_rank, labels_B, cfg)
   bonus_rank_N = bonus_reg_N = jnp.zeros((N,), jnp.float32)
   if perturbed is not None:
-    p_reg_N = regression_reward(perturbed, labels_N, cfg)
-    p_rank_N = ranking_reward(perturbed, labels_B, cfg)
+    p_reg_N = regression_reward(p_for_reg, labels_N, cfg)
+    p_rank_N = ranking_reward(p_for_rank, labels_B, cfg)
     better_rank = _scope_mean(rank_N, B, cfg) >= _scope_mean(p_rank_N, B, cfg)
     better_reg = _scope_mean(reg_N, B, cfg) >= _scope_mean(p_reg_N, B, cfg)
     bonus_rank_N = jnp.where(better_rank & (rank_N > cfg.temporal_rank_threshold),
@@ -464,30 +567,33 @@ def compute_rewards(parsed: Parsed, labels_B: jax.Array, cfg: RewardConfig = Rew
 
 def rewards_from_bytes(bytes_NL: jax.Array, length_N: jax.Array, labels_B: jax.Array,
                        cfg: RewardConfig = RewardConfig(),
-                       perturbed: tuple[jax.Array, jax.Array] | None = None
-                       ) -> dict[str, jax.Array]:
+                       perturbed: tuple[jax.Array, jax.Array] | None = None,
+                       key: jax.Array | None = None) -> dict[str, jax.Array]:
   """`compute_rewards` of UTF-8 completions; ``perturbed`` is (bytes, length) or None."""
-  parsed = parse_completions(bytes_NL, length_N, cfg.score_clip)
-  pert = None if perturbed is None else parse_completions(*perturbed, cfg.score_clip)
-  return compute_rewards(parsed, labels_B, cfg, pert)
+  parsed = parse_completions(bytes_NL, length_N, cfg.score_clip, cfg.decimals)
+  pert = (None if perturbed is None else
+          parse_completions(*perturbed, cfg.score_clip, cfg.decimals))
+  return compute_rewards(parsed, labels_B, cfg, pert, key)
 
 
 def rewards_from_ids(table: ByteTable, ids_NC: jax.Array, mask_NC: jax.Array,
                      labels_B: jax.Array, cfg: RewardConfig = RewardConfig(), *,
                      perturbed: tuple[jax.Array, jax.Array] | None = None,
-                     max_bytes: int | None = None) -> dict[str, jax.Array]:
+                     max_bytes: int | None = None,
+                     key: jax.Array | None = None) -> dict[str, jax.Array]:
   """Rewards of sampled completions, all on device (jittable; ``cfg`` static).
 
   ``mask_NC`` selects the completion tokens (up to and including the first EOS; special
   tokens decode to nothing). ``perturbed``: (ids, mask) of the perturbed rollouts. Adds
-  ``overflow`` (completion longer than ``max_bytes``, see `detokenize`).
+  ``overflow`` (completion longer than ``max_bytes``, see `detokenize`). ``key``: see
+  `compute_rewards`.
   """
   bytes_NL, n_N, over_N = detokenize(table, ids_NC, mask_NC, max_bytes)
   pert = None
   if perturbed is not None:
     pb, pn, pover = detokenize(table, *perturbed, max_bytes)
     pert, over_N = (pb, pn), over_N | pover.reshape(over_N.shape)
-  out = rewards_from_bytes(bytes_NL, n_N, labels_B, cfg, pert)
+  out = rewards_from_bytes(bytes_NL, n_N, labels_B, cfg, pert, key)
   out["overflow"] = over_N
   return out
 
@@ -495,13 +601,15 @@ def rewards_from_ids(table: ByteTable, ids_NC: jax.Array, mask_NC: jax.Array,
 # ----------------------------------------------------------------------------- host wrapper
 
 
-_parse_jit = jax.jit(parse_completions, static_argnames=("score_clip",))
+_parse_jit = jax.jit(parse_completions, static_argnames=("score_clip", "decimals"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "rows"))
-def _compute_jit(parsed: Parsed, labels_B, cfg: RewardConfig, rows: int, perturbed=None):
+def _compute_jit(parsed: Parsed, labels_B, cfg: RewardConfig, rows: int, perturbed=None,
+                 key=None):
   cut = lambda p: jax.tree.map(lambda x: x[:rows], p)
-  return compute_rewards(cut(parsed), labels_B, cfg, None if perturbed is None else cut(perturbed))
+  return compute_rewards(cut(parsed), labels_B, cfg, None if perturbed is None else cut(perturbed),
+                         key)
 
 
 def _bucket(n: int, least: int) -> int:
@@ -528,7 +636,7 @@ def encode_texts(texts, length: int | None = None,
 
 
 def score_texts(texts, labels, group_size: int, perturbed=None,
-                config: RewardConfig | None = None) -> dict[str, np.ndarray]:
+                config: RewardConfig | None = None, key=None) -> dict[str, np.ndarray]:
   """Rewards of decoded completions through the same device code (a byte-level table).
 
   ``texts``: the B x G completions, video-major; ``labels``: B scores (or B x G, one per
@@ -536,7 +644,8 @@ def score_texts(texts, labels, group_size: int, perturbed=None,
   Returns numpy arrays [B x G] under ``format``, ``regression``, ``ranking``, ``total``,
   ``advantage`` (plus ``valid``, ``score``, ``decimals``, ``bonus_*``). Shapes are padded
   to buckets with empty videos, which are no comparator and in no group, so that calls of
-  similar size share one compilation.
+  similar size share one compilation (not with ``invalid = "random"``, whose empty videos
+  would draw scores). ``key``: see `compute_rewards`.
   """
   cfg = config or RewardConfig()
   texts = list(texts)
@@ -550,21 +659,23 @@ def score_texts(texts, labels, group_size: int, perturbed=None,
   if labels.shape[0] != B:
     raise ValueError(f"{labels.shape[0]} labels for {B} videos")
   m = cfg.micro_videos
-  if cfg.temporal_scope == "micro" and B % m:
-    B_pad = B  # padded videos would join the last micro-batch's temporal means
+  if (cfg.temporal_scope == "micro" and B % m) or cfg.invalid == "random":
+    B_pad = B  # padded videos would join the last micro-batch's means / draw random scores
   else:
     B_pad = -(-_bucket(B, 4) // m) * m if "micro" in (cfg.pairing, cfg.temporal_scope) else (
         _bucket(B, 4))
   rows = _bucket(B_pad * G, 8)
   raw = [t.encode("utf-8", "surrogatepass") for t in texts + list(perturbed or [])]
   L = _bucket(max((len(r) for r in raw), default=0), 256)
-  parsed = _parse_jit(*encode_texts(texts, L, rows), score_clip=cfg.score_clip)
+  parsed = _parse_jit(*encode_texts(texts, L, rows), score_clip=cfg.score_clip,
+                      decimals=cfg.decimals)
   pert = None
   if perturbed is not None:
     if len(perturbed) != len(texts):
       raise ValueError(f"{len(perturbed)} perturbed completions for {len(texts)} texts")
-    pert = _parse_jit(*encode_texts(perturbed, L, rows), score_clip=cfg.score_clip)
+    pert = _parse_jit(*encode_texts(perturbed, L, rows), score_clip=cfg.score_clip,
+                      decimals=cfg.decimals)
   labels_B = np.zeros((B_pad,), np.float32)
   labels_B[:B] = labels
-  out = _compute_jit(parsed, labels_B, cfg=cfg, rows=B_pad * G, perturbed=pert)
+  out = _compute_jit(parsed, labels_B, cfg=cfg, rows=B_pad * G, perturbed=pert, key=key)
   return {k: np.asarray(v)[:B * G] for k, v in out.items()}

@@ -221,17 +221,19 @@ def _sample_rows(logits_NV, uniform_N1, temperature, *, top_k, top_p, greedy):
 
 
 def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_values=None, *,
-            num_generations: int = 1, train: bool = False):
+            num_generations: int = 1, train: bool = False, drop_key: jax.Array | None = None):
   """Each prompt's KV cache, computed once, and its next-token logits for its G rows.
 
   Returns ``(prompt_cache, logits_NV)``: per layer ``{"k", "v"}: [B, K, P, E]``. The
   cache is not repeated: `llm.Qwen2.decode` attends the G rows of a video to the same prompt
   keys, so prompt KV is stored and read once per video rather than G times.
+  ``drop_key``: the ViT's drop-path masks (`InternVL.visual_tokens`), so the G rows of a
+  video share them; None (evaluation) for none.
   """
   ids_BP = sharding.constrain_batch(jnp.asarray(input_ids_BP))
   mask_BP = sharding.constrain_batch(jnp.asarray(attention_mask_BP).astype(jnp.int32))
   B, P = ids_BP.shape
-  x_BPD = model.embed(ids_BP, pixel_values, train)
+  x_BPD = model.embed(ids_BP, pixel_values, train, drop_key=drop_key)
   cache = llm.init_cache(model.cfg.text, B, P, DTYPES[model.cfg.dtype])
   h_BPD, cache = model.llm(x_BPD, llm.positions_from_mask(mask_BP), layers.CausalMask(mask_BP),
                            cache, 0)
@@ -354,7 +356,8 @@ def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_v
              rng: jax.Array, num_generations: int = 1, max_new_tokens: int,
              temperature=1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0, train: bool = False,
-             layout: str = "gathered", lm: llm.Qwen2 | None = None) -> dict:
+             layout: str = "gathered", lm: llm.Qwen2 | None = None,
+             drop_key: jax.Array | None = None) -> dict:
   """Sample G completions per right-padded prompt; pure and traceable (no host transfer).
 
   ``pixel_values`` as `InternVL.embed`: [frames, H, W, 3] or [B, T, H, W, 3]. Static:
@@ -368,9 +371,12 @@ def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_v
   Sampling noise depends on ``rng``, the step and the row index only, so it is the same
   whatever the mesh. The prefill reads the parameters as stored; the decode loop reads
   ``lm``, or `decoder` (``layout``) made here (pass one to share it between calls).
+  ``drop_key``: the ViT's drop-path in the prefill (the GRPO rollout, whose policy the
+  reference samples in train mode); None, as every evaluation call, for none.
   """
   prompt_cache, logits_NV = prefill(model, input_ids_BT, attention_mask_BT, pixel_values,
-                                    num_generations=num_generations, train=train)
+                                    num_generations=num_generations, train=train,
+                                    drop_key=drop_key)
   mask_BT = sharding.constrain_batch(jnp.asarray(attention_mask_BT))
   return decode(model, prompt_cache, logits_NV, mask_BT, rng, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,

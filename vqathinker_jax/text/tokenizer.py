@@ -270,3 +270,34 @@ def prompt_batch(tokenizer: Tokenizer, cfg: PromptConfig, batch_size: int,
   to ``length`` (the prompt text does not depend on the video)."""
   ids = prompt_ids(tokenizer, cfg)
   return pad_batch([ids] * batch_size, tokenizer.special.pad, length)
+
+
+# Multiple-choice quality questions (data_pipelines/qa.py): the frames as in the training
+# prompt, then the question, one lettered option per line, and the <think>/<answer> format
+# with the option's letter as the answer.
+QA_QUESTION = ("You are doing the video quality assessment task. Here is the question: "
+               "{question}\n{options}\nAnswer with the letter of the correct option.")
+QA_FORMAT_INSTRUCTION = ("First output the thinking process in <think> </think> tags and then "
+                         "output the letter of the correct option as the final answer in "
+                         "<answer> </answer> tags.")
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def qa_prompt(cfg: PromptConfig, question: str, options) -> PromptConfig:
+  """``cfg`` (frames, layout, system message) asking a multiple-choice question: its
+  `prompt_ids` / `prompt_text` put ``options`` as lines "A. ...", "B. ..." after the
+  question. With the train layout, for two options:
+
+      ...Motion Feature:<image>
+      You are doing the video quality assessment task. Here is the question: {question}
+      A. {option 1}
+      B. {option 2}
+      Answer with the letter of the correct option. First output the thinking process ...
+  """
+  options = [str(o).strip() for o in options]
+  if not 2 <= len(options) <= len(OPTION_LETTERS):
+    raise ValueError(f"need 2-{len(OPTION_LETTERS)} options, got {len(options)}")
+  lines = "\n".join(f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options))
+  return dataclasses.replace(cfg, question=QA_QUESTION.format(question=str(question).strip(),
+                                                              options=lines),
+                             format_instruction=QA_FORMAT_INSTRUCTION)

@@ -178,7 +178,8 @@ def _setup(config, workdir: epath.Path):
   tokenizer = factory.tokenizer(config, workdir)
   data_dir = factory.train_data_dir(config, workdir, workers=min(4, os.cpu_count() or 1))
   source = pipeline.data_source(data_dir, config.data.train, config.data.train_split,
-                                config.data.frames, config.data.size)
+                                config.data.frames, config.data.size,
+                                config.data.honour_rotation)
   S, N = config.sft.steps, grpo_steps(config, len(source))
   model, mcfg = factory.build_model(config, mesh)  # outside the mesh context: logical names
   prompt = tok_lib.PromptConfig(
