@@ -23,8 +23,8 @@ model, data and budgets), per seed:
 Each arm is `python -m vqathinker_jax.main` in its own process (workdir out/seed<s>/<arm>).
 Writes out/claims.json (every run's figures, the command, date, commit, machine) and
 out/claims.md (SRCC/PLCC mean ± std over seeds per arm and split), and prints the table.
-The distortion-attribution rate needs the quality-understanding evaluation (not built
-yet), so its column says so.
+The distortion-attribution column is the share of distorted in-distribution clips whose
+`<think>` names their distortion (`eval.attribution`, docs/method.md §5).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def build_ood(data_dir: pathlib.Path, cfg) -> None:
     root = data_dir / f"{name}_videos"
     if not (root / "labels.json").exists():
       synthetic.generate(str(root), num_videos=n, num_frames=s.num_frames, height=s.height,
-                         width=s.width, scenes=s.scenes, workers=2,
+                         width=s.width, scenes=s.scenes, exposure=s.exposure, workers=2,
                          distortions=[d for d in s.distortions.split(",") if d], **extra)
     builder.build(name, str(root / "labels.json"), str(root / "videos"), str(data_dir / "tfds"),
                   cfg.eval.frames, cfg.eval.size, split="test", progress=False)
@@ -113,6 +113,10 @@ def _figures(workdir: pathlib.Path, tag: str) -> dict:
   out = {split: {k: s["eval"][tag][name].get(k) for k in ("srcc", "plcc")}
          for split, name in SPLITS.items()}
   out["reward_first"], out["reward_last"] = s.get("reward_first"), s.get("reward_last")
+  ev = workdir / "eval" / tag / "summary.json"  # evaluate.run's own, with the attribution
+  attribution = json.loads(ev.read_text()).get("attribution", {}) if ev.exists() else {}
+  id_metrics = attribution.get(SPLITS["id"], {}).get("metrics", {})
+  out["attribution"] = id_metrics.get("attribution_rate")
   return out
 
 
@@ -132,8 +136,9 @@ def table(runs: dict, seeds) -> str:
     for sp in SPLITS:
       for k in ("srcc", "plcc"):
         cells.append(_stat([runs[f"{s}/{arm}"][sp][k] for s in seeds if f"{s}/{arm}" in runs]))
-    lines.append(f"| {arm} | " + " | ".join(cells) + " | n/a (needs the quality-understanding "
-                 "evaluation) |")
+    attribution = _stat([runs[f"{s}/{arm}"].get("attribution") for s in seeds
+                         if f"{s}/{arm}" in runs])
+    lines.append(f"| {arm} | " + " | ".join(cells) + f" | {attribution} |")
   return "\n".join(lines)
 
 
