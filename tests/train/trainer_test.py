@@ -57,7 +57,11 @@ def test_run_writes_logs_reports_export_and_trace(finished):
   assert [r["phase"] for r in rows] == ["sft"] * SFT + ["grpo"] * GRPO
   assert all(r["loss"] is not None for r in rows)
   assert {"reward/total", "reward/format", "kl", "clip_low", "entropy", "parse_fail_rate",
-          "frac_reward_zero_std", "step_time_s", "tokens_per_s"} <= set(rows[-1])
+          "frac_reward_zero_std", "step_time_s", "tokens_per_s", "data_wait_s",
+          "data_wait_frac"} <= set(rows[-1])
+  for r in rows:  # the wait before each step, and its share of wait + step
+    assert r["data_wait_s"] >= 0 and r["data_wait_frac"] == pytest.approx(
+        r["data_wait_s"] / (r["data_wait_s"] + r["step_time_s"]))
   assert list((wd / "tb").glob("events.out.tfevents.*"))
   for tag in ("sft", "final"):
     summary = json.loads((wd / "eval" / tag / "summary.json").read_text())
@@ -66,6 +70,12 @@ def test_run_writes_logs_reports_export_and_trace(finished):
   summary = json.loads((wd / "summary.json").read_text())
   assert set(summary["eval"]) == {"sft", "final"} and len(summary["reward_curve"]) == GRPO
   assert summary["timing"]["grpo"]["compile_s"] > 0
+  for phase in ("sft", "grpo"):  # over the steps after the first
+    waits = [r["data_wait_s"] for r in rows if r["phase"] == phase][1:]
+    steps = [r["step_time_s"] for r in rows if r["phase"] == phase][1:]
+    assert summary["timing"][phase]["data_wait_frac"] == pytest.approx(
+        sum(waits) / (sum(waits) + sum(steps)), abs=1e-4)
+  assert "waiting for input" in out.stdout
   assert (wd / "export" / "model.safetensors").exists() and (wd / "export" / "tokenizer.json").exists()
   assert list((wd / "profile").glob("plugins/profile/*/*.xplane.pb")), "no XLA trace written"
 

@@ -109,6 +109,7 @@ class MetricWriter:
         from tqdm import tqdm
         self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
     self._times: dict[str, list[float]] = {}
+    self._waits: dict[str, list[float]] = {}  # seconds each logged step waited for its batch
 
   def set_position(self, step: int):
     if self._bar is not None:
@@ -120,6 +121,8 @@ class MetricWriter:
     row.update({k: s for k, v in metrics.items() if (s := _scalar(v)) is not None})
     if "step_time_s" in row:
       self._times.setdefault(phase, []).append(row["step_time_s"])
+      if "data_wait_s" in row:
+        self._waits.setdefault(phase, []).append(row["data_wait_s"])
     stored = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
               for k, v in row.items()}
     self.rows.append(stored)
@@ -162,13 +165,20 @@ class MetricWriter:
     self._flushed_at = time.monotonic()
 
   def timing_report(self, compile_s: dict[str, float]) -> dict:
-    """Per phase: compile seconds, median and p90 step seconds (the first step excluded)."""
+    """Per phase: compile seconds, median and p90 step seconds and the share of the time
+    spent waiting for input (`data_wait_frac`: total wait / (wait + steps)); the first step
+    excluded."""
     out = {}
     for phase, times in self._times.items():
       t = np.asarray(times[1:] or times)
       out[phase] = dict(compile_s=round(compile_s.get(phase, float("nan")), 2),
                         steps=len(times), median_step_s=round(float(np.median(t)), 4),
                         p90_step_s=round(float(np.percentile(t, 90)), 4))
+      waits = self._waits.get(phase, [])
+      if len(waits) == len(times):
+        w = np.asarray(waits[1:] or waits)
+        out[phase].update(median_data_wait_s=round(float(np.median(w)), 5),
+                          data_wait_frac=round(float(w.sum() / (w.sum() + t.sum())), 4))
     return out
 
   def close(self):
@@ -252,8 +262,10 @@ def render_summary(summary: dict) -> str:
                  f"{_fmt(summary.get('reward_last_std'))}")
     lines.append(f"    {_spark(_bins(curve, 60))}")
   for phase, t in summary.get("timing", {}).items():
+    wait = (f", waiting for input {100 * t['data_wait_frac']:.1f} % of the time"
+            if "data_wait_frac" in t else "")
     lines.append(f"  {phase}: compile {t['compile_s']} s, median step {t['median_step_s']} s "
-                 f"(p90 {t['p90_step_s']} s) over {t['steps']} logged steps")
+                 f"(p90 {t['p90_step_s']} s) over {t['steps']} logged steps{wait}")
   for k in ("checkpoints", "export", "reports", "tensorboard", "metrics"):
     if k in summary:
       v = summary[k]

@@ -154,12 +154,13 @@ class _Run:
       self.evals[tag] = evaluate.run(self.config, self.workdir, model=policy(graphdef, state),
                                      tokenizer=self.tokenizer, mesh=self.mesh, tag=tag)
 
-  def log(self, s: int, state, metrics, t0: float, phase: str) -> None:
-    """Writes step s's metrics every `log_every` steps of the phase and at its last."""
+  def log(self, s: int, state, metrics, t0: float, phase: str, data_wait_s: float) -> None:
+    """Writes step s's metrics every `log_every` steps of the phase and at its last;
+    ``data_wait_s``: the seconds the step waited for its batch before ``t0``."""
     first, last = ((0, self.sft_steps) if phase == "sft" else
                    (self.sft_steps, self.sft_steps + self.grpo_steps))
     if (s - first) % self.config.train.log_every == 0 or s == last:
-      metrics = with_timing(jax.device_get(metrics), time.perf_counter() - t0)
+      metrics = with_timing(jax.device_get(metrics), time.perf_counter() - t0, data_wait_s)
       self.writer.write(s, metrics, phase)
     self.profiler.after(s, state.params)
 
@@ -218,6 +219,7 @@ def _run_sft(run: _Run, graphdef, state):
               on_compile=lambda s: run.timer.add("sft", s))
   with jax.set_mesh(run.mesh):
     for s in range(run.latest + 1, S + 1):
+      t_wait = time.perf_counter()  # input wait: the next batch, its targets, on device
       host = next(it)
       scenes = ([synthetic.scene_of(v, config.data.synthetic.scenes) for v in host["video_id"]]
                 if config.sft.answer == "random_scene" else None)
@@ -229,7 +231,7 @@ def _run_sft(run: _Run, graphdef, state):
       run.profiler.before(s)
       t0 = time.perf_counter()
       state, metrics = step(state, b)
-      run.log(s, state, metrics, t0, "sft")
+      run.log(s, state, metrics, t0, "sft", t0 - t_wait)
       run.save(s, state, it, "sft", force=s == S)
   run.latest = S
   return state
@@ -268,11 +270,12 @@ def _run_grpo(run: _Run, graphdef, sft_state):
   eval_every = config.train.eval_every
   with jax.set_mesh(run.mesh):
     for s in range(max(run.latest, S) + 1, total + 1):
+      t_wait = time.perf_counter()  # input wait: the next batch, on device
       b = _device_batch(next(it), run.mesh, ("frames", "label", "perturb_idx", "blank"))
       run.profiler.before(s)
       t0 = time.perf_counter()
       state, metrics = step(state, b, key_dev)
-      run.log(s, state, metrics, t0, "grpo")
+      run.log(s, state, metrics, t0, "grpo", t0 - t_wait)
       run.save(s, state, it, "grpo", force=s == total)
       if eval_every and (s - S) % eval_every == 0 and s != total:
         run.evaluate(graphdef, state, f"step_{s}")
