@@ -1,15 +1,20 @@
-"""Timing scaffolding shared by the benchmark scripts: the `--xla_flags` flag, interleaved
-runs, medians, the machine's description and its measured matmul peak (the denominator of
-MFU)."""
+"""Timing scaffolding shared by the benchmark scripts: the `--xla_flags` flag, contenders
+each in its own pinned process called in a random order (`isolated`; `interleaved` keeps
+them in one process), medians, the machine's description and its measured matmul peak (the
+denominator of MFU)."""
 
 from __future__ import annotations
 
 import datetime
+import multiprocessing
 import os
 import platform
+import random
 import statistics
+import subprocess
 import time
-from typing import Callable
+import traceback
+from typing import Any, Callable
 
 from absl import flags
 
@@ -20,6 +25,11 @@ def apply_xla_flags() -> None:
   """Appends ``--xla_flags`` to XLA_FLAGS: call in `main`, before anything imports JAX."""
   if _XLA_FLAGS.value:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
+
+
+def xla_flags_value() -> str:
+  """The ``--xla_flags`` flag's value (for contenders' environments)."""
+  return _XLA_FLAGS.value
 
 
 def interleaved(contenders: dict[str, Callable[[int], object]], runs: int, burst: int = 1):
@@ -46,10 +56,137 @@ def interleaved(contenders: dict[str, Callable[[int], object]], runs: int, burst
   return first_s, times
 
 
+def _worker(factory, kwargs: dict, conn, cores, env: dict) -> None:
+  """One contender's process: pins itself to ``cores``, sets ``env`` (thread counts, XLA
+  flags) before anything imports torch or JAX, builds ``call = factory(**kwargs)``, calls it
+  once untimed, then times one call per ("run", i) message."""
+  try:
+    if cores:
+      os.sched_setaffinity(0, cores)
+    os.environ.update(env)
+    call = factory(**kwargs)
+    start = time.perf_counter()
+    info = call(0)
+    conn.send(("ready", time.perf_counter() - start, info))
+    while (msg := conn.recv())[0] == "run":
+      start = time.perf_counter()
+      call(msg[1])
+      conn.send(("done", time.perf_counter() - start, None))
+  except BaseException:  # the driver raises it, naming the contender
+    conn.send(("error", traceback.format_exc(), None))
+  finally:
+    conn.close()
+
+
+def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=None,
+             env: dict | None = None, seed: int = 0, burst: int = 1) -> dict[str, Any]:
+  """Times each contender in its own process, all pinned to the same ``cores`` (default:
+  every core this process may use) with the same ``env``.
+
+  ``contenders``: name -> (factory, kwargs); ``factory`` is a module-level function (a
+  spawned process imports it) returning ``call(i)``, which must block until its work is
+  done; its return value on the untimed first call is reported as `info` (keep it small).
+  Processes start one after another, each ready (built, warmed up) before the next
+  starts, so no set-up or compile overlaps another's. Then ``runs`` timed calls each, in
+  rounds whose order is a fresh random permutation (``seed``), ``burst`` calls of a
+  contender in a row: every contender follows every other about equally often (the count
+  is returned), and only one process runs at a time (the others wait on a pipe).
+
+  Returns {"first_s", "times_s", "info" (by name), "predecessors" (name -> {previous
+  contender: count}), "load_average" (before, after), "cores", "env", "seed", "burst"}.
+  """
+  ctx = multiprocessing.get_context("spawn")
+  cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+  env = dict(env or {})
+  procs, conns, first_s, info = {}, {}, {}, {}
+  load_before = [round(x, 2) for x in os.getloadavg()]
+
+  def receive(name):
+    kind, value, extra = conns[name].recv()
+    if kind == "error":
+      raise RuntimeError(f"benchmark contender {name!r} failed:\n{value}")
+    return value, extra
+
+  try:
+    for name, (factory, kwargs) in contenders.items():
+      conns[name], child = ctx.Pipe()
+      procs[name] = ctx.Process(target=_worker, args=(factory, kwargs, child, cores, env),
+                                daemon=True)
+      procs[name].start()
+      child.close()
+      first_s[name], info[name] = receive(name)
+    rng = random.Random(seed)
+    names, times = list(contenders), {name: [] for name in contenders}
+    predecessors = {name: {} for name in contenders}
+    previous, i = None, 0
+    while i < runs:
+      order = rng.sample(names, len(names))
+      for name in order:
+        for j in range(i, min(runs, i + burst)):
+          if previous is not None:
+            predecessors[name][previous] = predecessors[name].get(previous, 0) + 1
+          conns[name].send(("run", j + 1))
+          times[name].append(receive(name)[0])
+          previous = name
+      i += burst
+  finally:
+    for name, proc in procs.items():
+      try:
+        conns[name].send(("stop", None))
+      except (BrokenPipeError, OSError):
+        pass
+      proc.join(timeout=30)
+      if proc.is_alive():
+        proc.kill()
+  return {"first_s": first_s, "times_s": times, "info": info, "predecessors": predecessors,
+          "load_average": {"before": load_before,
+                           "after": [round(x, 2) for x in os.getloadavg()]},
+          "cores": cores, "env": env, "seed": seed, "burst": burst}
+
+
+def spin(seconds: float) -> Callable[[int], int]:
+  """A contender that busy-waits ``seconds`` per call: the harness's null benchmark (its
+  own overhead) and its test."""
+  if seconds < 0:
+    raise ValueError(f"seconds must be >= 0, got {seconds}")
+
+  def call(i):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+      pass
+    return os.getpid()
+  return call
+
+
+def provenance() -> dict:
+  """Where a figure comes from: date and time, CPU model, the commit (+dirty), the command."""
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  commit = git("rev-parse", "--short", "HEAD")
+  dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  return {"datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "cpu_model": cpu, "cpu_count": os.cpu_count(),
+          "commit": commit and commit + ("+dirty" if dirty else ""),
+          "command": " ".join([os.path.relpath(sys.argv[0], root)] + sys.argv[1:])}
+
+
 def summary(times_s: list[float], digits: int = 5) -> dict:
-  """Median and the individual runs, rounded."""
-  return {"median_s": round(statistics.median(times_s), digits),
-          "runs_s": [round(t, digits) for t in times_s]}
+  """Median, quartiles (the spread) and the individual runs, rounded."""
+  q1, _, q3 = statistics.quantiles(times_s, n=4) if len(times_s) > 1 else [times_s[0]] * 3
+  return {"median_s": round(statistics.median(times_s), digits), "q1_s": round(q1, digits),
+          "q3_s": round(q3, digits), "runs_s": [round(t, digits) for t in times_s]}
 
 
 def environment() -> dict:
