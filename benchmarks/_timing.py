@@ -184,7 +184,8 @@ def provenance() -> dict:
 
 def summary(times_s: list[float], digits: int = 5) -> dict:
   """Median, quartiles (the spread) and the individual runs, rounded."""
-  q1, _, q3 = statistics.quantiles(times_s, n=4) if len(times_s) > 1 else [times_s[0]] * 3
+  q1, _, q3 = (statistics.quantiles(times_s, n=4, method="inclusive") if len(times_s) > 1
+                else [times_s[0]] * 3)
   return {"median_s": round(statistics.median(times_s), digits), "q1_s": round(q1, digits),
           "q3_s": round(q3, digits), "runs_s": [round(t, digits) for t in times_s]}
 

@@ -1,15 +1,21 @@
 """Data loading throughput: pre-decoded ArrayRecord + Grain vs decoding with PyAV on the fly.
 
   python benchmarks/data_throughput.py [--videos 8 --clip_frames 240 --clip_height 540
-      --clip_width 960 --frames 6 --size 448 --runs 5 --workers 0 --workdir DIR]
+      --clip_width 960 --frames 6 --size 448 --runs 5 --workers 0 --workdir DIR
+      --out FILE.json]
 
 Renders `videos` H.264 clips (the synthetic set's content, x264's default GOP), builds the
 ArrayRecord set from them twice (zstd records, the default, and uncompressed), then times,
 `runs` times each, interleaved in the same process: decoding every clip with `decode.decode`
 (the reference's approach: sample T frames and resize at every step) and reading the same
 clips as batches from the Grain pipeline (records, TFDS decoding, shuffle, perturbation
-maps, batching) over a data set of `records` (the clips tiled). The records sit in the page
-cache, as the clips do for the decoder. Prints one JSON object; rates are medians.
+maps, batching) over a data set of `records` (the clips tiled). In these warm runs the
+records sit in the page cache, as the clips do for the decoder. The cold runs first evict
+the clips and the record files from the page cache (`posix_fadvise(DONTNEED)`, no root
+needed), then decode every clip once, or read every distinct record once as the pipeline
+reads one (random access and TFDS decoding, without the batching around it): the first
+epoch of a set that is not in memory. Prints one JSON object (and writes it to `--out`) with the
+provenance (date, CPU model, commit, command, load); rates are medians, with quartiles.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import glob
 import json
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -26,10 +33,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from data_pipelines import builder
-from data_pipelines import decode
-from data_pipelines import pipeline
-from data_pipelines import synthetic
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _timing  # noqa: E402  (benchmarks/, beside this file)
+from data_pipelines import builder  # noqa: E402
+from data_pipelines import decode  # noqa: E402
+from data_pipelines import pipeline  # noqa: E402
+from data_pipelines import synthetic  # noqa: E402
 
 _VIDEOS = flags.DEFINE_integer("videos", 8, "clips to render and read")
 _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 240, "frames per clip (8 s at 30 fps)")
@@ -44,6 +53,27 @@ _READ = flags.DEFINE_integer("read", 400, "videos read from the pipeline per tim
 _RUNS = flags.DEFINE_integer("runs", 5, "timed runs of each reader")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Grain worker processes (0: in-process)")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/vqathinker_data_bench", "clips and data sets")
+_OUT = flags.DEFINE_string("out", "", "also write the JSON here")
+
+
+def _evict(paths) -> None:
+  """Drops ``paths`` from the page cache (clean pages; they are written and synced)."""
+  for p in paths:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+      os.close(fd)
+
+
+def _cold_read_rate(source, frames, size):
+  """Every distinct record of ``source`` read once, as the pipeline reads one (random
+  access + TFDS decoding), in a shuffled order: records per second."""
+  order = np.random.default_rng(0).permutation(len(source))
+  start = time.perf_counter()
+  for i in order:
+    assert source[int(i)]["frames"].shape == (frames, size, size, 3)
+  return len(source) / (time.perf_counter() - start)
 
 
 def _make_clips(videos_dir, count, num_frames, height, width):
@@ -122,30 +152,53 @@ def main(argv):
                              workers=os.cpu_count(), split="train", compress=compress,
                              progress=False)
     records = glob.glob(os.path.join(report["dataset_dir"], "*.array_record-*"))
+    source = pipeline.data_source(data_dir, "bench", "train", t, s)
     variants["zstd" if compress else "uncompressed"] = dict(
-        source=_Tiled(pipeline.data_source(data_dir, "bench", "train", t, s), _RECORDS.value),
-        bytes=round(sum(map(os.path.getsize, records)) / report["ok"]), rates=[])
+        source=_Tiled(source, _RECORDS.value), untiled=source, files=records,
+        bytes=round(sum(map(os.path.getsize, records)) / report["ok"]), rates=[], cold=[])
 
-  decode_rates = []
+  load_before = [round(x, 2) for x in os.getloadavg()]
+  decode_rates, decode_cold = [], []
   for run in range(_RUNS.value):
     decode_rates.append(_decoding_rate(paths, t, s))
     for v in variants.values():
       v["rates"].append(_pipeline_rate(v["source"], t, s, run))
-  otf = statistics.median(decode_rates)
+    _evict(paths)
+    decode_cold.append(_decoding_rate(paths, t, s))
+    for v in variants.values():
+      _evict(v["files"])
+      v["cold"].append(_cold_read_rate(v["untiled"], t, s))
+  otf, otf_cold = statistics.median(decode_rates), statistics.median(decode_cold)
+
+  def spread(rates):
+    q1, _, q3 = (statistics.quantiles(rates, n=4, method="inclusive") if len(rates) > 1
+                 else rates * 3)
+    return [round(q1, 2), round(q3, 2)]
+
   out = dict(
+      **_timing.provenance(),
+      load_average={"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
       clips=len(paths), clip_frames=_CLIP_FRAMES.value,
       clip_size=[_CLIP_HEIGHT.value, _CLIP_WIDTH.value], frames=t, size=s, batch=_BATCH.value,
-      grain_workers=_WORKERS.value, runs=_RUNS.value, cpu_count=os.cpu_count(),
+      grain_workers=_WORKERS.value, runs=_RUNS.value,
       bytes_per_source_video=round(sum(map(os.path.getsize, paths)) / len(paths)),
       on_the_fly=dict(videos_per_s=round(otf, 2), frames_per_s=round(otf * t, 1),
-                      runs=[round(r, 2) for r in decode_rates]))
+                      quartiles=spread(decode_rates), runs=[round(r, 2) for r in decode_rates]),
+      on_the_fly_cold=dict(videos_per_s=round(otf_cold, 2), quartiles=spread(decode_cold),
+                           runs=[round(r, 2) for r in decode_cold]))
   for name, v in variants.items():
-    rate = statistics.median(v["rates"])
+    rate, cold = statistics.median(v["rates"]), statistics.median(v["cold"])
     out[f"pipeline_{name}"] = dict(
         videos_per_s=round(rate, 1), frames_per_s=round(rate * t, 1),
         speedup=round(rate / otf, 1), bytes_per_stored_video=v["bytes"],
-        runs=[round(r, 1) for r in v["rates"]])
-  print(json.dumps(out, indent=1))
+        quartiles=spread(v["rates"]), runs=[round(r, 1) for r in v["rates"]])
+    out[f"pipeline_{name}_cold"] = dict(
+        videos_per_s=round(cold, 1), speedup=round(cold / otf_cold, 1),
+        quartiles=spread(v["cold"]), runs=[round(r, 1) for r in v["cold"]])
+  text = json.dumps(out, indent=1)
+  if _OUT.value:
+    pathlib.Path(_OUT.value).write_text(text + "\n")
+  print(text)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ def main(_):
     ratios = [h / o for h, o in zip(r["times_s"][f"hf_{mode}"], r["times_s"][f"ours_{mode}"])]
     report[f"speedup_{mode}"] = round(med[f"hf_{mode}"] / med[f"ours_{mode}"], 2)
     # The spread: the ratio of the i-th calls of each side (same round), quartiles.
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+                 else ratios * 3)
     report[f"speedup_{mode}_quartiles"] = [round(q1, 2), round(q3, 2)]
   text = json.dumps(report, indent=2)
   if _OUT.value:
