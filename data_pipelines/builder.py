@@ -309,36 +309,53 @@ def build(name, labels, videos, data_dir, frames=6, size=448, *, workers=0, over
   honour_rotation=False keeps frames at their stored orientation (decode.decode) and builds
   the `..._norot` set (tfds_name), beside the default one.
   """
-  if not os.path.isfile(labels):
-    raise FileNotFoundError(f"label file not found: {labels}")
-  if not os.path.isdir(videos):
-    raise NotADirectoryError(f"video folder not found: {videos}")
-  if frames < 1 or size < 2:
-    raise ValueError(f"need frames >= 1 and size >= 2, got {frames}, {size}")
+  check_inputs("label file", labels, videos, frames, size)
   bench = labels_lib.benchmark(name, mos_range, split)
   config = VideoQualityConfig(benchmark=bench, frames=frames, size=size,
                               honour_rotation=bool(honour_rotation))
   b = VideoQuality(labels_path=labels, videos_dir=videos, workers=workers, progress=progress,
                    config=config, data_dir=data_dir, file_format="array_record")
   fp = fingerprint(name, labels, videos, frames, size, bench, compress, honour_rotation)
+  return prepare(b, fp, data_dir, overwrite=overwrite, keep_cache=keep_cache, manual_dir=videos,
+                 finish=None if compress else lambda b: _rewrite_uncompressed(b.data_dir),
+                 compressed=compress)
+
+
+def check_inputs(what: str, path, videos, frames: int, size: int) -> None:
+  """The arguments every build here takes, checked before anything is written."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} not found: {path}")
+  if not os.path.isdir(videos):
+    raise NotADirectoryError(f"video folder not found: {videos}")
+  if frames < 1 or size < 2:
+    raise ValueError(f"need frames >= 1 and size >= 2, got {frames}, {size}")
+
+
+def prepare(b, fp: str, data_dir, *, overwrite: bool, keep_cache: bool, manual_dir=None,
+            finish=None, **report) -> dict:
+  """Builds TFDS builder ``b`` (with a `report` dict, `report_path` and `cache_dir`) unless
+  a finished build with fingerprint ``fp`` is there (and not ``overwrite``); ``finish(b)``
+  runs after a build. The report (plus ``report``'s items) is written beside the set even
+  when the build fails; the decode cache is removed unless ``keep_cache``. Returns the
+  report with `reused`."""
   if b.is_prepared() and not overwrite and os.path.exists(b.report_path):
     with open(b.report_path) as f:
       old = json.load(f)
     if old.get("fingerprint") == fp:
       return dict(old, reused=True)
   mode = tfds.download.GenerateMode
-  rebuild = overwrite or b.is_prepared()
   download_config = tfds.download.DownloadConfig(
-      manual_dir=videos,
-      download_mode=mode.FORCE_REDOWNLOAD if rebuild else mode.REUSE_DATASET_IF_EXISTS)
+      manual_dir=manual_dir,
+      download_mode=mode.FORCE_REDOWNLOAD if overwrite or b.is_prepared()
+      else mode.REUSE_DATASET_IF_EXISTS)
   try:
     b.download_and_prepare(download_config=download_config)
-    if not compress:
-      _rewrite_uncompressed(b.data_dir)
+    if finish is not None:
+      finish(b)
   finally:
     if b.report is not None:
-      b.report.update(fingerprint=fp, dataset_dir=b.data_dir, data_dir=os.path.abspath(data_dir),
-                      compressed=compress)
+      b.report.update(fingerprint=fp, dataset_dir=b.data_dir,
+                      data_dir=os.path.abspath(str(data_dir)), **report)
       os.makedirs(os.path.dirname(b.report_path), exist_ok=True)
       tmp = b.report_path + ".tmp"
       with open(tmp, "w") as f:

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import zlib
 from typing import Mapping, Sequence
 
@@ -373,41 +372,14 @@ def build(name, questions, videos, data_dir, frames=6, size=448, *, workers=0, o
   (`question_rows` = `ok` + len(`skipped`)), also written as qa_build_report.json beside
   the set. Reused when built from the same inputs unless `overwrite`. Raises BuildError
   (after writing the report) only if no question could be used."""
-  if not os.path.isfile(questions):
-    raise FileNotFoundError(f"question file not found: {questions}")
-  if not os.path.isdir(videos):
-    raise NotADirectoryError(f"video folder not found: {videos}")
-  if frames < 1 or size < 2:
-    raise ValueError(f"need frames >= 1 and size >= 2, got {frames}, {size}")
+  builder_lib.check_inputs("question file", questions, videos, frames, size)
   labels_lib.benchmark(name)  # the same name rule as the MOS sets
   config = VideoQAConfig(set_name=name, frames=frames, size=size,
                          honour_rotation=bool(honour_rotation))
   b = VideoQA(questions_path=questions, videos_dir=videos, workers=workers, progress=progress,
               config=config, data_dir=str(data_dir), file_format="array_record")
   fp = fingerprint(name, questions, videos, frames, size, honour_rotation)
-  if b.is_prepared() and not overwrite and os.path.exists(b.report_path):
-    with open(b.report_path) as f:
-      old = json.load(f)
-    if old.get("fingerprint") == fp:
-      return dict(old, reused=True)
-  mode = tfds.download.GenerateMode
-  download_config = tfds.download.DownloadConfig(
-      download_mode=mode.FORCE_REDOWNLOAD if overwrite or b.is_prepared()
-      else mode.REUSE_DATASET_IF_EXISTS)
-  try:
-    b.download_and_prepare(download_config=download_config)
-  finally:
-    if b.report is not None:
-      b.report.update(fingerprint=fp, dataset_dir=b.data_dir,
-                      data_dir=os.path.abspath(str(data_dir)))
-      os.makedirs(os.path.dirname(b.report_path), exist_ok=True)
-      tmp = b.report_path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(b.report, f, indent=1)
-      os.replace(tmp, b.report_path)
-  if not keep_cache:
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-  return dict(b.report, reused=False)
+  return builder_lib.prepare(b, fp, data_dir, overwrite=overwrite, keep_cache=keep_cache)
 
 
 def summary(report) -> str:
