@@ -56,10 +56,11 @@ def interleaved(contenders: dict[str, Callable[[int], object]], runs: int, burst
   return first_s, times
 
 
-def _worker(factory, kwargs: dict, conn, cores, env: dict) -> None:
+def _worker(factory, kwargs: dict, conn, cores, env: dict, warmup: int) -> None:
   """One contender's process: pins itself to ``cores``, sets ``env`` (thread counts, XLA
   flags) before anything imports torch or JAX, builds ``call = factory(**kwargs)``, calls it
-  once untimed, then times one call per ("run", i) message."""
+  ``warmup`` times untimed (the first call's time and result reported), then times one call
+  per ("run", i) message; at ("stop",) sends ``call.report()`` if the call has one."""
   try:
     if cores:
       os.sched_setaffinity(0, cores)
@@ -67,11 +68,16 @@ def _worker(factory, kwargs: dict, conn, cores, env: dict) -> None:
     call = factory(**kwargs)
     start = time.perf_counter()
     info = call(0)
-    conn.send(("ready", time.perf_counter() - start, info))
+    first_s = time.perf_counter() - start
+    for i in range(1, warmup):
+      call(i)
+    conn.send(("ready", first_s, info))
     while (msg := conn.recv())[0] == "run":
       start = time.perf_counter()
       call(msg[1])
       conn.send(("done", time.perf_counter() - start, None))
+    report = getattr(call, "report", None)
+    conn.send(("report", report() if report else None, None))
   except BaseException:  # the driver raises it, naming the contender
     conn.send(("error", traceback.format_exc(), None))
   finally:
@@ -79,21 +85,26 @@ def _worker(factory, kwargs: dict, conn, cores, env: dict) -> None:
 
 
 def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=None,
-             env: dict | None = None, seed: int = 0, burst: int = 1) -> dict[str, Any]:
+             env: dict | None = None, seed: int = 0, burst: int = 1,
+             warmup: int = 1) -> dict[str, Any]:
   """Times each contender in its own process, all pinned to the same ``cores`` (default:
   every core this process may use) with the same ``env``.
 
   ``contenders``: name -> (factory, kwargs); ``factory`` is a module-level function (a
   spawned process imports it) returning ``call(i)``, which must block until its work is
-  done; its return value on the untimed first call is reported as `info` (keep it small).
+  done; its return value on the untimed first call is reported as `info` (keep it small),
+  and so is ``call.report()`` at the end, if it has one (`reports`). ``warmup`` untimed
+  calls come first (at least the one that compiles); timed calls get indices from
+  ``warmup`` on.
   Processes start one after another, each ready (built, warmed up) before the next
   starts, so no set-up or compile overlaps another's. Then ``runs`` timed calls each, in
   rounds whose order is a fresh random permutation (``seed``), ``burst`` calls of a
   contender in a row: every contender follows every other about equally often (the count
   is returned), and only one process runs at a time (the others wait on a pipe).
 
-  Returns {"first_s", "times_s", "info" (by name), "predecessors" (name -> {previous
-  contender: count}), "load_average" (before, after), "cores", "env", "seed", "burst"}.
+  Returns {"first_s", "times_s", "info", "reports" (by name), "predecessors" (name ->
+  {previous contender: count}), "load_average" (before, after), "cores", "env", "seed",
+  "burst", "warmup"}.
   """
   ctx = multiprocessing.get_context("spawn")
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
@@ -110,7 +121,8 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
   try:
     for name, (factory, kwargs) in contenders.items():
       conns[name], child = ctx.Pipe()
-      procs[name] = ctx.Process(target=_worker, args=(factory, kwargs, child, cores, env),
+      procs[name] = ctx.Process(target=_worker,
+                                args=(factory, kwargs, child, cores, env, max(1, warmup)),
                                 daemon=True)
       procs[name].start()
       child.close()
@@ -125,10 +137,14 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
         for j in range(i, min(runs, i + burst)):
           if previous is not None:
             predecessors[name][previous] = predecessors[name].get(previous, 0) + 1
-          conns[name].send(("run", j + 1))
+          conns[name].send(("run", max(1, warmup) + j))
           times[name].append(receive(name)[0])
           previous = name
       i += burst
+    reports = {}
+    for name in names:
+      conns[name].send(("stop", None))
+      reports[name] = receive(name)[0]
   finally:
     for name, proc in procs.items():
       try:
@@ -138,7 +154,8 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
       proc.join(timeout=30)
       if proc.is_alive():
         proc.kill()
-  return {"first_s": first_s, "times_s": times, "info": info, "predecessors": predecessors,
+  return {"first_s": first_s, "times_s": times, "info": info, "reports": reports,
+          "predecessors": predecessors, "warmup": max(1, warmup),
           "load_average": {"before": load_before,
                            "after": [round(x, 2) for x in os.getloadavg()]},
           "cores": cores, "env": env, "seed": seed, "burst": burst}

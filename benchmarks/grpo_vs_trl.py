@@ -1,7 +1,7 @@
 """GRPO step time: our jitted `grpo.train_step` vs TRL's `GRPOTrainer`, same work, one run.
 
-  python benchmarks/grpo_vs_trl.py [--videos 4 --generations 4 --new_tokens 32 --frames 6
-      --beta 0.04 --steps 20 --warmup 3 --torch_threads 1 --nosplit --xla_flags=...]
+  python benchmarks/grpo_vs_trl.py [--cores 1 --videos 4 --generations 4 --new_tokens 32
+      --frames 6 --beta 0.04 --steps 20 --warmup 3 --nosplit --out FILE.json --xla_flags=...]
 
 Both sides train the same tiny random InternVL checkpoint (tests/hf_tiny.py: ViT, pixel
 shuffle + projector, Qwen2 decoder; float32) on the same batch: `videos` prompts, each with
@@ -24,22 +24,27 @@ padding). Per step, each side does:
 TRL: `per_device_train_batch_size` = videos x G completions, gradient_accumulation_steps 1,
 steps_per_generation 1 (one optimizer step = one rollout batch), `use_vllm=False`
 (`transformers.generate`), gradient checkpointing off, float32 (bf16 off), no logging,
-saving or eval. A `TrainerCallback` times each TRL step from `on_step_begin` to
-`on_step_end`: rollout, scoring, loss, backward, clipping, optimizer step (the data loader's
-fetch comes before `on_step_begin`; it is reported apart). Ours: one jitted program per
-step (rollout -> reward -> reference -> update), timed to `block_until_ready`; its first
-call (compile) is reported apart. The two are interleaved: each TRL step's `on_step_end`
-runs one of ours, so a change of load hits both alike. The first `warmup` steps of each are
-dropped; medians over `steps`. A forward hook counts the frames through TRL's ViTs per step
-(policy B.G.T for generate + B.G.T for the loss, reference B.G.T) as proof of the VLM path.
+saving or eval.
+
+Like for like (`_timing.isolated`): each side runs in its own process, both pinned to the
+same `cores` cores (torch with that many intra-op threads; ours one JAX device, XLA's
+threads on those cores), and the calls come in a random order per round, so a change of
+load hits both alike and neither always follows the other. TRL's `train()` runs in a
+thread that a callback holds after each step: one call is one TRL step, its data loader's
+fetch included (reported apart, ~1 ms), then rollout, scoring, loss, backward, clipping,
+optimizer step. Ours: one call is one jitted program (rollout -> reward -> reference ->
+update), timed to `block_until_ready`; its first call (compile) is reported apart. The
+first `warmup` steps of each are untimed; medians and quartiles over `steps`. A forward
+hook counts the frames through TRL's ViTs per step (policy B.G.T for generate + B.G.T for
+the loss, reference B.G.T) as proof of the VLM path.
 
 Phases. TRL's come from wrapping its methods: rollout = `_generate` (chat template, image
 processing, `generate`, decode), reference = its no-grad log-prob pass, reward =
 `_calculate_rewards`, scoring_rest = the rest of `_generate_and_score_completions` (the
 processor run again for the forward pass, advantages, metrics), update = the rest of the
 step (policy forward + backward, clipping, AdamW). Ours is one program with no host clock
-inside, so with `--split` (default) a second jitted program that only rolls out (and
-scores) is timed after each step; reward_reference_update = step - rollout.
+inside, so with `--split` (default) a third contender (its own process) runs a jitted
+program that only rolls out (and scores); reward_reference_update = step - rollout.
 
 What differs, by design of each trainer (neither side does extra work for the comparison):
 our rollout prefills each prompt once and shares its cache among the G samples, and our
@@ -47,9 +52,8 @@ update packs [prompt | c1..cG] so the ViT and the prompt run once per video, whe
 repeats each prompt G times; TRL runs its processor (PIL normalisation, tokenisation) on
 the host in every step, ours gets device arrays; TRL's sampler also suppresses the
 image-context id and (min_new_tokens) EOS, ours samples from the whole vocabulary; TRL uses
-sdpa attention. Torch runs `torch_threads` intra-op threads (default 1, as rollout.py's
-figures: with 2 threads transformers collapses, ~10x slower, when other processes load the
-CPU), XLA uses every core; both are reported. Prints one JSON object.
+sdpa attention. Prints one JSON object (and writes it to `--out`) with the provenance:
+date, CPU model, commit, command, load.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ from absl import flags
 import numpy as np
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]  # run from a checkout, installed or not
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
 
 import _timing  # noqa: E402  (benchmarks/, beside this file)
 
@@ -88,9 +92,9 @@ _STEPS = flags.DEFINE_integer("steps", 20, "timed steps of each side (after the 
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed first steps of each side")
 _SPLIT = flags.DEFINE_bool("split", True, "also time our rollout alone (one more compile) "
                            "for a per-phase split of our step")
-_TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", 1, "torch intra-op threads (0: torch's default); 1 keeps transformers "
-    "from collapsing when other processes load the CPU")
+_CORES = flags.DEFINE_integer("cores", 1, "cores each side is pinned to (torch threads)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the call order")
+_OUT = flags.DEFINE_string("out", "", "also write the JSON here")
 
 QUESTION = "What is your overall rating on the quality of this video?"
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_CONTEXT>", "<img>", "</img>",
@@ -176,53 +180,38 @@ def even_share(completion_ids, **_):
   return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-def main(_):
-  _timing.apply_xla_flags()
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _trl_args(out_dir, B, G, C, beta, loss_type, lr, top_k, max_steps):
+  from trl import GRPOConfig as TRLConfig
+  return TRLConfig(
+      output_dir=str(out_dir), per_device_train_batch_size=B * G,
+      gradient_accumulation_steps=1, steps_per_generation=1, num_generations=G,
+      max_completion_length=C, temperature=1.0, top_k=top_k, top_p=1.0,
+      generation_kwargs={"min_new_tokens": C}, beta=beta, loss_type=loss_type,
+      epsilon=0.2, num_iterations=1, scale_rewards="group", learning_rate=lr,
+      lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", adam_beta1=0.9,
+      adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+      max_steps=max_steps, gradient_checkpointing=False, bf16=False, fp16=False,
+      use_cpu=True, use_vllm=False, report_to="none", save_strategy="no", eval_strategy="no",
+      logging_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, log_completions=False,
+      dataloader_num_workers=0, seed=0, model_init_kwargs={"dtype": "float32"})
+
+
+def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
+  """Our contender (its own process): one call = one jitted GRPO step (rollout -> reward ->
+  reference -> update), or with ``rollout_only`` the rollout (and advantages) alone."""
   import jax
   import jax.numpy as jnp
-  import torch
-  from datasets import Dataset
   from flax import nnx
-  from transformers import PrinterCallback, TrainerCallback
-  from transformers.utils import logging as hf_logging
-  from trl import GRPOConfig as TRLConfig, GRPOTrainer
-  from trl.data_utils import prepare_multimodal_messages
-  from hf_tiny import make_hf_checkpoint
   from vqathinker_jax import model
   from vqathinker_jax.rl import grpo, rewards, rollout
   from vqathinker_jax.train import state as train_state, steps
-  if _TORCH_THREADS.value:
-    torch.set_num_threads(_TORCH_THREADS.value)
-  hf_logging.set_verbosity_error()
-  warnings.filterwarnings("ignore")
-
-  B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
-  size, beta, top_k = 56, _BETA.value, _TOP_K.value
-  total_steps = _WARMUP.value + _STEPS.value
-  work = pathlib.Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
-  ckpt = work / "checkpoint"
-  make_hf_checkpoint(ckpt)
-  tokenizer = make_tokenizer()
-  processor = make_processor(tokenizer, size)
-  frames = video_frames(B, T, size)
-  messages = [{"role": "user", "content": QUESTION}]
-
-  # ------------------------------------------------- the shared batch, as TRL makes it ---
-  inputs = processor.apply_chat_template(
-      [prepare_multimodal_messages(messages, images=f) for f in frames],
-      add_generation_prompt=True, tokenize=True, return_dict=True)
-  ids = np.asarray(inputs["input_ids"], np.int32)  # equal lengths: no padding on either side
-  pix = np.asarray(inputs["pixel_values"], np.float32)  # [B.T, 3, H, W]
-  assert ids.shape[0] == B and pix.shape == (B * T, 3, size, size), (ids.shape, pix.shape)
-  P = ids.shape[1]
-
-  # --------------------------------------------------------------------------- ours ---
-  cfg = grpo.GRPOConfig(num_generations=G, beta=beta, kl_estimator="k3", epsilon=0.2,
-                        loss_type=_LOSS_TYPE.value, num_iterations=1, max_completion_length=C,
-                        temperature=1.0, top_k=top_k, top_p=1.0, stop_ids=(), temporal=False)
-  tx = train_state.make_optimizer(_LR.value, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
-                           weight_decay=0.0)
+  B, G, C, T, size = (work[k] for k in ("videos", "generations", "new_tokens", "frames", "size"))
+  cfg = grpo.GRPOConfig(num_generations=G, beta=work["beta"], kl_estimator="k3", epsilon=0.2,
+                        loss_type=work["loss_type"], num_iterations=1, max_completion_length=C,
+                        temperature=1.0, top_k=work["top_k"], top_p=1.0, stop_ids=(),
+                        temporal=False)
+  tx = train_state.make_optimizer(work["learning_rate"], max_grad_norm=1.0, b1=0.9, b2=0.999,
+                                  eps=1e-8, weight_decay=0.0)
   policy, _ = model.from_pretrained(ckpt)
   graphdef, state = train_state.init_state(policy, tx, reference=bool(cfg.beta))
   del policy
@@ -243,50 +232,57 @@ def main(_):
   def rollout_fn(params, rest, batch, rng):
     out = rollout.generate(nnx.merge(graphdef, params, rest), batch["prompt_ids"],
                            batch["prompt_mask"], batch["pixel_values"], rng=rng,
-                           num_generations=G, max_new_tokens=C, temperature=1.0, top_k=top_k,
-                           top_p=1.0, stop_ids=(), train=True)
+                           num_generations=G, max_new_tokens=C, temperature=1.0,
+                           top_k=work["top_k"], top_p=1.0, stop_ids=(), train=True)
     return out["tokens_NC"], reward_fn(out["tokens_NC"], out["mask_NC"], None, None)["advantage"]
 
-  ours = {"state": state, "times": [], "rollout_times": [], "lengths": []}
+  run = {"state": state, "lengths": []}
   del state
 
-  def our_step(i):
+  def call(i):
     with jax.set_mesh(mesh):
-      t0 = time.perf_counter()
-      ours["state"], metrics = step_fn(ours["state"], batch, jax.random.key(i))
+      if rollout_only:
+        tokens, _ = jax.block_until_ready(rollout_fn(run["state"].params, run["state"].rest,
+                                                     batch, jax.random.key(10_000 + i)))
+        return list(tokens.shape)
+      run["state"], metrics = step_fn(run["state"], batch, jax.random.key(i))
       metrics = jax.device_get(jax.block_until_ready(metrics))
-      dt = time.perf_counter() - t0
-      ours["lengths"].append((int(metrics["completion_length_min"]),
-                              int(metrics["completion_length_max"])))
-      if _SPLIT.value:
-        t0 = time.perf_counter()
-        jax.block_until_ready(rollout_fn(ours["state"].params, ours["state"].rest, batch,
-                                         jax.random.key(10_000 + i)))
-        ours["rollout_times"].append(time.perf_counter() - t0)
-    return dt
+    run["lengths"].append((int(metrics["completion_length_min"]),
+                           int(metrics["completion_length_max"])))
+    return run["lengths"][-1]
 
-  first_s = our_step(0)  # compiles
-  ours_first_rollout = ours["rollout_times"].pop() if _SPLIT.value else None
-  ours["lengths"].clear()
+  call.report = lambda: {"completion_lengths_min_max": (
+      [min(a for a, _ in run["lengths"]), max(b for _, b in run["lengths"])]
+      if run["lengths"] else None)}
+  return call
 
-  # ---------------------------------------------------------------------------- TRL ---
-  dataset = Dataset.from_list([{"prompt": messages, "images": f} for f in frames])
-  args = TRLConfig(
-      output_dir=str(work / "trl"), per_device_train_batch_size=B * G,
-      gradient_accumulation_steps=1, steps_per_generation=1, num_generations=G,
-      max_completion_length=C, temperature=1.0, top_k=top_k, top_p=1.0,
-      generation_kwargs={"min_new_tokens": C}, beta=beta, loss_type=_LOSS_TYPE.value,
-      epsilon=0.2, num_iterations=1, scale_rewards="group", learning_rate=_LR.value,
-      lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", adam_beta1=0.9,
-      adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0,
-      max_steps=total_steps, gradient_checkpointing=False, bf16=False, fp16=False,
-      use_cpu=True, use_vllm=False, report_to="none", save_strategy="no", eval_strategy="no",
-      logging_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, log_completions=False,
-      dataloader_num_workers=0, seed=0, model_init_kwargs={"dtype": "float32"})
+
+def trl(ckpt: str, work: dict, cores: int, max_steps: int, warmup: int):
+  """TRL's contender (its own process): `GRPOTrainer.train()` in a thread that a callback
+  holds after each step, so that one call = one TRL step (its data loader's fetch, rollout,
+  scoring, loss, backward, clipping, optimizer step)."""
+  import threading
+  import torch
+  from datasets import Dataset
+  from transformers import PrinterCallback, TrainerCallback
+  from transformers.utils import logging as hf_logging
+  from trl import GRPOTrainer
+  torch.set_num_threads(cores)
+  hf_logging.set_verbosity_error()
+  warnings.filterwarnings("ignore")
+  B, G, C, T, size = (work[k] for k in ("videos", "generations", "new_tokens", "frames", "size"))
+  tokenizer = make_tokenizer()
+  processor = make_processor(tokenizer, size)
+  messages = [{"role": "user", "content": QUESTION}]
+  dataset = Dataset.from_list([{"prompt": messages, "images": f}
+                               for f in video_frames(B, T, size)])
+  out_dir = pathlib.Path(tempfile.mkdtemp(prefix="grpo_vs_trl_trl_"))
+  args = _trl_args(out_dir, B, G, C, work["beta"], work["loss_type"], work["learning_rate"],
+                   work["top_k"], max_steps)
   t0 = time.perf_counter()
-  trainer = GRPOTrainer(model=str(ckpt), reward_funcs=even_share, args=args,
-                        train_dataset=dataset, processing_class=processor)
-  trl_setup_s = time.perf_counter() - t0
+  trainer = GRPOTrainer(model=ckpt, reward_funcs=even_share, args=args, train_dataset=dataset,
+                        processing_class=processor)
+  setup_s = time.perf_counter() - t0
   assert trainer.beta == 0 or trainer.ref_model is not None
   vit_frames = {"policy": 0, "reference": 0}  # proves TRL's VLM path: frames through the ViT
 
@@ -320,57 +316,125 @@ def main(_):
       trainer._get_per_token_logps_and_entropies, "reference",
       when=lambda: not torch.is_grad_enabled())
   trainer._calculate_rewards = timed(trainer._calculate_rewards, "reward")
-  fetch = []
-  get_batch_samples = trainer.get_batch_samples
+  trainer.get_batch_samples = timed(trainer.get_batch_samples, "fetch")
+  rec = {"times": [], "phases": [], "lengths": [], "vit_frames": []}
+  go, done, failed = threading.Semaphore(0), threading.Semaphore(0), []
 
-  def timed_fetch(*a, **kw):
-    t = time.perf_counter()
-    out = get_batch_samples(*a, **kw)
-    fetch.append(time.perf_counter() - t)
-    return out
-  trainer.get_batch_samples = timed_fetch
+  class Gate(TrainerCallback):
+    """Holds the trainer before its first step and after each one until the next call."""
 
-  trl = {"times": [], "phases": [], "lengths": [], "vit_frames": []}
+    def on_train_begin(self, args, state, control, **kwargs):
+      go.acquire()
 
-  class Interleave(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
-      phase.clear()
       vit_frames.update(policy=0, reference=0)
       self.t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-      trl["times"].append(time.perf_counter() - self.t0)
-      trl["phases"].append(dict(phase))
-      trl["vit_frames"].append(dict(vit_frames))
+      rec["times"].append(time.perf_counter() - self.t0)
+      rec["phases"].append(dict(phase))
+      phase.clear()  # the next step's fetch comes before on_step_begin
+      rec["vit_frames"].append(dict(vit_frames))
       m = trainer._metrics["train"]  # flushed at logging steps: read it here
-      trl["lengths"].append((int(m["completions/min_length"][-1]),
+      rec["lengths"].append((int(m["completions/min_length"][-1]),
                              int(m["completions/max_length"][-1])))
-      ours["times"].append(our_step(state.global_step))
+      done.release()
+      if state.global_step < max_steps:
+        go.acquire()
 
-  trainer.add_callback(Interleave())
-  trainer.train()
-  shutil.rmtree(work, ignore_errors=True)
-  trl_lengths = (min(a for a, _ in trl["lengths"]), max(b for _, b in trl["lengths"]))
-  assert trl_lengths == (C, C), f"TRL completions not all {C} tokens: {trl_lengths}"
-  ours_lengths = (min(a for a, _ in ours["lengths"]), max(b for _, b in ours["lengths"]))
-  assert ours_lengths == (C, C), f"our completions not all {C} tokens: {ours_lengths}"
-  assert len(trl["times"]) == len(ours["times"]) == total_steps, (trl["times"], ours["times"])
+  def train():
+    try:
+      trainer.train()
+    except BaseException as e:  # noqa: BLE001  (raised again by the waiting call)
+      failed.append(e)
+      done.release()
 
-  # ------------------------------------------------------------------------- report ---
-  w = _WARMUP.value
-  trl_t, our_t = trl["times"][w:], ours["times"][w:]
-  med = lambda xs: statistics.median(xs)
+  trainer.add_callback(Gate())
+  threading.Thread(target=train, daemon=True).start()
 
-  def trl_phases(p):
-    gs = p.get("generate_and_score", 0.0)
-    roll, ref, rew = p.get("rollout", 0.0), p.get("reference", 0.0), p.get("reward", 0.0)
-    return {"rollout": roll, "reference": ref, "reward": rew,
-            "scoring_rest": gs - roll - ref - rew}
-  steps_p = [trl_phases(p) for p in trl["phases"][w:]]
-  trl_split = {k: round(med([p[k] for p in steps_p]), 4) for k in steps_p[0]}
-  trl_split["update"] = round(med([t - sum(p.values()) for t, p in zip(trl_t, steps_p)]), 4)
+  def call(i):
+    go.release()
+    done.acquire()
+    if failed:
+      raise failed[0]
+    return rec["lengths"][-1]
 
+  def report():
+    def split(p):
+      gs = p.get("generate_and_score", 0.0)
+      roll, ref, rew = p.get("rollout", 0.0), p.get("reference", 0.0), p.get("reward", 0.0)
+      return {"rollout": roll, "reference": ref, "reward": rew,
+              "scoring_rest": gs - roll - ref - rew}
+    med = statistics.median
+    timed_steps = list(zip(rec["times"], rec["phases"]))[warmup:]
+    steps_p = [split(p) for _, p in timed_steps]
+    phases = {k: round(med([p[k] for p in steps_p]), 4) for k in steps_p[0]}
+    phases["update"] = round(med([t - sum(p.values()) for (t, _), p
+                                  in zip(timed_steps, steps_p)]), 4)
+    fetch = [p.get("fetch", 0.0) for _, p in timed_steps]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"phases_median_s": phases,
+            "step_callback_median_s": round(med([t for t, _ in timed_steps]), 4),
+            "dataloader_fetch_median_s": round(med(fetch), 4),
+            "setup_s": round(setup_s, 2), "vit_frames_per_step": rec["vit_frames"][-1],
+            "attn_implementation": trainer.model.config._attn_implementation,
+            "completion_lengths_min_max": [min(a for a, _ in rec["lengths"]),
+                                           max(b for _, b in rec["lengths"])],
+            "versions": {"torch": torch.__version__, "trl": __import__("trl").__version__,
+                         "transformers": __import__("transformers").__version__}}
+  call.report = report
+  return call
+
+
+def main(_):
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  from trl.data_utils import prepare_multimodal_messages
+  from hf_tiny import make_hf_checkpoint
+  cores = sorted(os.sched_getaffinity(0))[:_CORES.value]
+  if len(cores) < _CORES.value:
+    raise app.UsageError(f"--cores={_CORES.value}: this process may use {len(cores)}")
+  B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
+  size, beta, top_k, w = 56, _BETA.value, _TOP_K.value, _WARMUP.value
+  work_dir = pathlib.Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
+  ckpt = work_dir / "checkpoint"
+  make_hf_checkpoint(ckpt)  # one checkpoint for both sides
+  processor = make_processor(make_tokenizer(), size)
+  # The shared batch, as TRL's processor makes it: our side gets exactly these ids/pixels.
+  inputs = processor.apply_chat_template(
+      [prepare_multimodal_messages([{"role": "user", "content": QUESTION}], images=f)
+       for f in video_frames(B, T, size)], add_generation_prompt=True, tokenize=True,
+      return_dict=True)
+  ids = np.asarray(inputs["input_ids"], np.int32)  # equal lengths: no padding on either side
+  pix = np.asarray(inputs["pixel_values"], np.float32)  # [B.T, 3, H, W]
+  assert ids.shape[0] == B and pix.shape == (B * T, 3, size, size), (ids.shape, pix.shape)
+  P = ids.shape[1]
+  work = dict(videos=B, generations=G, new_tokens=C, frames=T, size=size, beta=beta,
+              loss_type=_LOSS_TYPE.value, learning_rate=_LR.value, top_k=top_k)
+  contenders = {"ours": (ours, dict(ckpt=str(ckpt), ids=ids, pix=pix, work=work)),
+                "trl": (trl, dict(ckpt=str(ckpt), work=work, cores=len(cores),
+                                  max_steps=w + _STEPS.value, warmup=w))}
+  if _SPLIT.value:
+    contenders["ours_rollout"] = (ours, dict(ckpt=str(ckpt), ids=ids, pix=pix, work=work,
+                                             rollout_only=True))
+  env = {"OMP_NUM_THREADS": str(len(cores)), "TOKENIZERS_PARALLELISM": "false",
+         "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                             _timing.xla_flags_value()]))}
+  r = _timing.isolated(contenders, _STEPS.value, cores=cores, env=env, seed=_SEED.value,
+                       warmup=w)
+  shutil.rmtree(work_dir, ignore_errors=True)
+  ours_lengths = r["reports"]["ours"]["completion_lengths_min_max"]
+  trl_lengths = r["reports"]["trl"]["completion_lengths_min_max"]
+  assert trl_lengths == [C, C], f"TRL completions not all {C} tokens: {trl_lengths}"
+  assert ours_lengths == [C, C], f"our completions not all {C} tokens: {ours_lengths}"
+
+  med = statistics.median
+  our_t, trl_t = r["times_s"]["ours"], r["times_s"]["trl"]
+  trl_report = r["reports"]["trl"]
   report = {
+      **_timing.provenance(),
+      "setup": f"like for like: each side in its own process, pinned to the same {len(cores)} "
+               f"core(s) (torch {len(cores)} thread(s), ours one JAX device); calls in a "
+               "random order per round",
       "comparison": "VLM path on both sides: ViT + projector + LM, frames given to TRL as images",
       "batch": {"videos": B, "generations": G, "completions": B * G, "new_tokens": C,
                 "frames_per_video": T, "frame_px": size, "prompt_tokens": P,
@@ -382,36 +446,31 @@ def main(_):
                    "reward": "share of even token ids; advantages (r - mean_G) / (std_G + 1e-4)"},
       "sampling": {"temperature": 1.0, "top_k": top_k, "top_p": 1.0,
                    "completion_lengths_min_max": {"ours": ours_lengths, "trl": trl_lengths}},
-      **_timing.environment(), "torch_threads": torch.get_num_threads(),
-      "versions": {"torch": torch.__version__, "trl": __import__("trl").__version__,
-                   "transformers": __import__("transformers").__version__},
-      "warmup_steps": w, "timed_steps": _STEPS.value,
-      "ours": {**_timing.summary(our_t, 4),
-               "warmup_runs_s": [round(t, 4) for t in ours["times"][:w]],
-               "first_step_s": round(first_s, 2),
-               "compile_s": round(first_s - med(our_t), 2),
+      "cores": r["cores"], "env": env, "load_average": r["load_average"],
+      "predecessors": r["predecessors"], "order_seed": _SEED.value,
+      "versions": trl_report.pop("versions"), "warmup_steps": w, "timed_steps": _STEPS.value,
+      "ours": {**_timing.summary(our_t, 4), "first_step_s": round(r["first_s"]["ours"], 2),
+               "compile_s": round(r["first_s"]["ours"] - med(our_t), 2),
                "vit_frames_per_step": {"rollout": B * T, "reference": B * T if beta else 0,
                                        "policy": B * T},
                "steps_per_s": round(1 / med(our_t), 3)},
-      "trl": {**_timing.summary(trl_t, 4),
-              "warmup_runs_s": [round(t, 4) for t in trl["times"][:w]],
-              "phases_median_s": trl_split,
-              "dataloader_fetch_median_s": round(med(fetch[w:]), 4) if fetch[w:] else None,
-              "setup_s": round(trl_setup_s, 2),
-              "vit_frames_per_step": trl["vit_frames"][-1],
-              "attn_implementation": trainer.model.config._attn_implementation,
+      "trl": {**_timing.summary(trl_t, 4), **trl_report,
               "steps_per_s": round(1 / med(trl_t), 3)},
   }
+  report["speedup"] = round(med(trl_t) / med(our_t), 2)
+  q1, _, q3 = statistics.quantiles([t / o for t, o in zip(trl_t, our_t)], n=4,
+                                   method="inclusive") if len(our_t) > 1 else [0.0] * 3
+  report["speedup_quartiles"] = [round(q1, 2), round(q3, 2)]
   if _SPLIT.value:
-    roll = med(ours["rollout_times"][w:])
+    roll = med(r["times_s"]["ours_rollout"])
     report["ours"]["phases_median_s"] = {
         "rollout": round(roll, 4), "reward_reference_update": round(med(our_t) - roll, 4),
-        "rollout_compile_s": round(ours_first_rollout - roll, 2),
-        "note": "rollout timed as its own program after each step; the rest = step - rollout"}
-  report["speedup"] = round(med(trl_t) / med(our_t), 2)
-  report["speedup_rollout"] = round(trl_split["rollout"] / med(ours["rollout_times"][w:]), 2) \
-      if _SPLIT.value else None
-  print(json.dumps(report, indent=2))
+        "note": "rollout timed as its own program (own process); the rest = step - rollout"}
+    report["speedup_rollout"] = round(trl_report["phases_median_s"]["rollout"] / roll, 2)
+  text = json.dumps(report, indent=2)
+  if _OUT.value:
+    pathlib.Path(_OUT.value).write_text(text + "\n")
+  print(text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def test_grpo_vs_trl_runs_and_reports():
   env = one_device.env()  # one device, as run by hand
   out = subprocess.run(
       [sys.executable, str(SCRIPT), "--videos=2", "--generations=2", "--new_tokens=4",
-       "--frames=1", "--steps=2", "--warmup=1", "--nosplit"],
+       "--frames=1", "--steps=2", "--warmup=1", "--nosplit", "--seed=1"],
       capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout)
@@ -30,3 +30,6 @@ def test_grpo_vs_trl_runs_and_reports():
   assert set(report["trl"]["phases_median_s"]) == {"rollout", "reference", "reward",
                                                    "scoring_rest", "update"}
   assert report["speedup"] > 0 and report["ours"]["compile_s"] > 0
+  # Like for like: each side in its own process on the same pinned core.
+  assert len(report["cores"]) == 1 and report["env"]["OMP_NUM_THREADS"] == "1"
+  assert report["cpu_model"] and report["command"].startswith("benchmarks/grpo_vs_trl.py")
