@@ -57,11 +57,8 @@ def test_run_writes_logs_reports_export_and_trace(finished):
   assert [r["phase"] for r in rows] == ["sft"] * SFT + ["grpo"] * GRPO
   assert all(r["loss"] is not None for r in rows)
   assert {"reward/total", "reward/format", "kl", "clip_low", "entropy", "parse_fail_rate",
-          "frac_reward_zero_std", "step_time_s", "tokens_per_s", "data_wait_s",
-          "data_wait_frac"} <= set(rows[-1])
-  for r in rows:  # the wait before each step, and its share of wait + step
-    assert r["data_wait_s"] >= 0 and r["data_wait_frac"] == pytest.approx(
-        r["data_wait_s"] / (r["data_wait_s"] + r["step_time_s"]))
+          "frac_reward_zero_std", "step_time_s", "tokens_per_s", "data_wait_s"} <= set(rows[-1])
+  assert all(r["data_wait_s"] >= 0 for r in rows)  # the wait for each step's batch
   assert list((wd / "tb").glob("events.out.tfevents.*"))
   for tag in ("sft", "final"):
     summary = json.loads((wd / "eval" / tag / "summary.json").read_text())

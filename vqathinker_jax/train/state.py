@@ -114,12 +114,11 @@ def jit_step(step_fn: Callable, state: TrainState):
 
 def with_timing(metrics: dict, seconds: float, data_wait_s: float | None = None) -> dict:
   """Fetched ``metrics`` plus the step's wall time, the time the step waited for its input
-  before it (``data_wait_s``: the next batch from the pipeline, made ready on device) and
-  that wait's share of both, and, when they count ``tokens``, generated tokens per second."""
+  before it (``data_wait_s``: the next batch from the pipeline, made ready on device) and,
+  when they count ``tokens``, generated tokens per second. Every timing ends in `_s`."""
   metrics["step_time_s"] = seconds
   if data_wait_s is not None:
     metrics["data_wait_s"] = data_wait_s
-    metrics["data_wait_frac"] = data_wait_s / (data_wait_s + seconds)
   if "tokens" in metrics:
     metrics["tokens_per_s"] = float(metrics["tokens"]) / seconds
   return metrics
