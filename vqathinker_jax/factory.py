@@ -108,11 +108,7 @@ def tokenizer(config, workdir) -> tok_lib.Tokenizer:
 
     # As ensure_synthetic: process 0 first, so that processes sharing the workdir do not
     # write the same files at once (the others build their own only on a local disk).
-    if jax.process_index() == 0:
-      make()
-    _barrier("factory.tokenizer")
-    if jax.process_index() != 0:
-      make()
+    _process_0_first("factory.tokenizer", make)
     return tok_lib.load_tokenizer(path)
   return tok_lib.load_tokenizer(m.tokenizer or m.checkpoint)
 
@@ -160,6 +156,16 @@ def _barrier(name: str, timeout_s: int = 6 * 3600) -> None:
   client.wait_at_barrier(f"{name}.{next(_BARRIERS)}", timeout_s * 1000)
 
 
+def _process_0_first(name: str, make) -> None:
+  """Runs ``make()`` on process 0, then (after barrier ``name``) on the others: on a shared
+  file system they find the work done, on a local one they do their own."""
+  if jax.process_index() == 0:
+    make()
+  _barrier(name)
+  if jax.process_index() != 0:
+    make()
+
+
 def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 0) -> pathlib.Path:
   """Renders (`synthetic.generate` with the `config.data.synthetic` fields) and builds the
   synthetic set at ``frames`` x ``size`` unless already there; returns the TFDS data_dir.
@@ -188,11 +194,7 @@ def ensure_synthetic(config, workdir, frames: int, size: int, *, workers: int = 
                   frames, size, split=f"hash:{s.test_fraction}", workers=workers,
                   progress=False, honour_rotation=config.data.honour_rotation)
 
-  if jax.process_index() == 0:
-    make()
-  _barrier("factory.ensure_synthetic")
-  if jax.process_index() != 0:
-    make()
+  _process_0_first("factory.ensure_synthetic", make)
   return out
 
 
@@ -232,9 +234,5 @@ def ensure_synthetic_qa(config, workdir, frames: int, size: int, *, name: str,
     qa.build(name, questions, str(root / "videos"), str(out), frames, size, workers=workers,
              progress=False, honour_rotation=config.data.honour_rotation)
 
-  if jax.process_index() == 0:
-    make()
-  _barrier("factory.ensure_synthetic_qa")
-  if jax.process_index() != 0:
-    make()
+  _process_0_first("factory.ensure_synthetic_qa", make)
   return out

@@ -84,9 +84,7 @@ def evaluate_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *, o
   if H != W:
     raise ValueError(f"eval set {name!r}: frames are {H}x{W}; expected square frames")
   cfg = model.cfg
-  prompt = tok_lib.PromptConfig(
-      num_frames=T, motion=cfg.motion is not None, layout=prompt_layout,
-      tokens_per_frame=tok_lib.tokens_per_frame(H, cfg.vision.patch_size, cfg.downsample_ratio))
+  prompt = predict.prompt_config(cfg, T, H, prompt_layout)
   video_ids, mos, labels = [], [], []
 
   def frames():

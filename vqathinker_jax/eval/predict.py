@@ -130,6 +130,14 @@ def generate_texts(model, tokenizer: tok_lib.Tokenizer,
   return results
 
 
+def prompt_config(model_cfg, frames: int, size: int, layout: str) -> tok_lib.PromptConfig:
+  """The scoring prompt's layout for `frames` square frames of side `size` on this model."""
+  return tok_lib.PromptConfig(
+      num_frames=frames, motion=model_cfg.motion is not None, layout=layout,
+      tokens_per_frame=tok_lib.tokens_per_frame(size, model_cfg.vision.patch_size,
+                                                model_cfg.downsample_ratio))
+
+
 def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,
                   prompt: tok_lib.PromptConfig, batch_size: int, max_new_tokens: int,
                   train_selection: bool = False, parse: str = "lenient") -> list[Scored]:
@@ -163,9 +171,7 @@ def predict(model, tokenizer: tok_lib.Tokenizer, videos: Iterable, *, frames: in
   """
   videos = list(videos)
   cfg = model.cfg
-  prompt = tok_lib.PromptConfig(
-      num_frames=frames, motion=cfg.motion is not None, layout=prompt_layout,
-      tokens_per_frame=tok_lib.tokens_per_frame(size, cfg.vision.patch_size, cfg.downsample_ratio))
+  prompt = prompt_config(cfg, frames, size, prompt_layout)
   errors: dict[int, Prediction] = {}
   good: list[int] = []
 

@@ -97,9 +97,7 @@ def evaluate_qa_source(model, tokenizer: tok_lib.Tokenizer, source, name: str, *
   if H != W:
     raise ValueError(f"QA set {name!r}: frames are {H}x{W}; expected square frames")
   cfg = model.cfg
-  base = tok_lib.PromptConfig(
-      num_frames=T, motion=cfg.motion is not None, layout=prompt_layout,
-      tokens_per_frame=tok_lib.tokens_per_frame(H, cfg.vision.patch_size, cfg.downsample_ratio))
+  base = predict.prompt_config(cfg, T, H, prompt_layout)
   # First the text of every question (records are read twice, frames only on the second
   # pass): the longest prompt fixes one padded length, so the rollout compiles once.
   items = []
