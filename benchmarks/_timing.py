@@ -84,9 +84,10 @@ def _worker(factory, kwargs: dict, conn, cores, env: dict, warmup: int) -> None:
     conn.close()
 
 
-def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=None,
+def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str, int], *,
+             cores=None,
              env: dict | None = None, seed: int = 0, burst: int = 1,
-             warmup: int = 1) -> dict[str, Any]:
+             warmup: int | dict[str, int] = 1, sequential: bool = False) -> dict[str, Any]:
   """Times each contender in its own process, all pinned to the same ``cores`` (default:
   every core this process may use) with the same ``env``.
 
@@ -102,15 +103,30 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
   contender in a row: every contender follows every other about equally often (the count
   is returned), and only one process runs at a time (the others wait on a pipe).
 
+  ``warmup`` and ``runs`` may differ by contender (dicts, name -> count; warm-up at least 1
+  each: the first call is reported apart as `first_s`).
+
+  ``sequential``: for contenders too big to share the memory (real-shape training), each
+  process lives alone: in a random order, one starts, warms up, makes its ``runs`` calls
+  and exits before the next starts (no interleaving; `predecessors` then counts the
+  process that ran before, and `load_by_contender` the load average at each one's end).
+
   Returns {"first_s", "times_s", "info", "reports" (by name), "predecessors" (name ->
   {previous contender: count}), "load_average" (before, after), "cores", "env", "seed",
-  "burst", "warmup"}.
+  "burst", "warmup", "sequential"}.
   """
   ctx = multiprocessing.get_context("spawn")
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
   env = dict(env or {})
+  warm = {name: max(1, warmup.get(name, 1) if isinstance(warmup, dict) else warmup)
+          for name in contenders}
+  runs_of = {name: runs[name] if isinstance(runs, dict) else runs for name in contenders}
   procs, conns, first_s, info = {}, {}, {}, {}
   load_before = [round(x, 2) for x in os.getloadavg()]
+  rng = random.Random(seed)
+  names, times = list(contenders), {name: [] for name in contenders}
+  predecessors = {name: {} for name in contenders}
+  reports, load_by = {}, {}
 
   def receive(name):
     kind, value, extra = conns[name].recv()
@@ -118,33 +134,50 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
       raise RuntimeError(f"benchmark contender {name!r} failed:\n{value}")
     return value, extra
 
+  def start(name):
+    factory, kwargs = contenders[name]
+    conns[name], child = ctx.Pipe()
+    procs[name] = ctx.Process(target=_worker,
+                              args=(factory, kwargs, child, cores, env, warm[name]),
+                              daemon=True)
+    procs[name].start()
+    child.close()
+    first_s[name], info[name] = receive(name)
+
+  def stop(name):
+    conns[name].send(("stop", None))
+    reports[name] = receive(name)[0]
+
   try:
-    for name, (factory, kwargs) in contenders.items():
-      conns[name], child = ctx.Pipe()
-      procs[name] = ctx.Process(target=_worker,
-                                args=(factory, kwargs, child, cores, env, max(1, warmup)),
-                                daemon=True)
-      procs[name].start()
-      child.close()
-      first_s[name], info[name] = receive(name)
-    rng = random.Random(seed)
-    names, times = list(contenders), {name: [] for name in contenders}
-    predecessors = {name: {} for name in contenders}
-    previous, i = None, 0
-    while i < runs:
-      order = rng.sample(names, len(names))
-      for name in order:
-        for j in range(i, min(runs, i + burst)):
-          if previous is not None:
-            predecessors[name][previous] = predecessors[name].get(previous, 0) + 1
-          conns[name].send(("run", max(1, warmup) + j))
+    if sequential:
+      previous = None
+      for name in rng.sample(names, len(names)):
+        start(name)
+        if previous is not None:
+          predecessors[name][previous] = 1
+        for j in range(runs_of[name]):
+          conns[name].send(("run", warm[name] + j))
           times[name].append(receive(name)[0])
-          previous = name
-      i += burst
-    reports = {}
-    for name in names:
-      conns[name].send(("stop", None))
-      reports[name] = receive(name)[0]
+        stop(name)
+        procs[name].join(timeout=60)
+        load_by[name] = [round(x, 2) for x in os.getloadavg()]
+        previous = name
+    else:
+      for name in names:
+        start(name)
+      previous, i = None, 0
+      while i < max(runs_of.values()):
+        order = rng.sample(names, len(names))
+        for name in order:
+          for j in range(i, min(runs_of[name], i + burst)):
+            if previous is not None:
+              predecessors[name][previous] = predecessors[name].get(previous, 0) + 1
+            conns[name].send(("run", warm[name] + j))
+            times[name].append(receive(name)[0])
+            previous = name
+        i += burst
+      for name in names:
+        stop(name)
   finally:
     for name, proc in procs.items():
       try:
@@ -155,7 +188,8 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int, *, cores=N
       if proc.is_alive():
         proc.kill()
   return {"first_s": first_s, "times_s": times, "info": info, "reports": reports,
-          "predecessors": predecessors, "warmup": max(1, warmup),
+          "predecessors": predecessors, "warmup": warm, "sequential": sequential,
+          **({"load_by_contender": load_by} if sequential else {}),
           "load_average": {"before": load_before,
                            "after": [round(x, 2) for x in os.getloadavg()]},
           "cores": cores, "env": env, "seed": seed, "burst": burst}
@@ -233,3 +267,51 @@ def matmul_peak_flops(n: int = 2048, dtype=None, runs: int = 7) -> float:
     f(a, b).block_until_ready()
     ts.append(time.perf_counter() - start)
   return 2 * n ** 3 / statistics.median(ts)
+
+
+def matmul_call(n: int = 4096, dtype: str = "float32"):
+  """A roofline contender (factory for `isolated`): one call = one jitted n x n x n matmul
+  on JAX's default device, XLA's threads on the contender's cores; FLOPs = 2 n^3 (`info`).
+  Timed beside the model, it gives the matmul peak that an MFU divides by."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), getattr(jnp, dtype))
+  b = jax.random.normal(jax.random.key(1), (n, n), getattr(jnp, dtype))
+  f = jax.jit(lambda x, y: x @ y)
+
+  def call(i):
+    f(a, b).block_until_ready()
+    return {"flops": 2 * n ** 3}
+  return call
+
+
+def copy_call(mib: int = 1024, threads: int = 1):
+  """A roofline contender: one call = a STREAM-style copy of ``mib`` MiB (float32) by torch
+  on ``threads`` threads (a copy this large is split among them); bytes moved = 2 x size
+  (read + write; `info`). The bandwidth a decode step's bytes are measured against."""
+  import torch
+  torch.set_num_threads(threads)
+  x = torch.ones(mib * 2 ** 18, dtype=torch.float32)
+  y = torch.empty_like(x)
+
+  def call(i):
+    y.copy_(x)
+    return {"bytes": 2 * x.numel() * 4}
+  return call
+
+
+def roofline(result: dict) -> dict:
+  """The measured limits from an `isolated` run that had `matmul_call` / `copy_call`
+  contenders named 'matmul_peak' / 'copy_bandwidth': medians and quartiles."""
+  out = {}
+  if "matmul_peak" in result["times_s"]:
+    flops = result["info"]["matmul_peak"]["flops"]
+    ts = sorted(result["times_s"]["matmul_peak"])
+    out["matmul_peak_gflops"] = {**summary(ts, 4),
+                                 "median_gflops": round(flops / statistics.median(ts) / 1e9, 1)}
+  if "copy_bandwidth" in result["times_s"]:
+    moved = result["info"]["copy_bandwidth"]["bytes"]
+    ts = sorted(result["times_s"]["copy_bandwidth"])
+    out["copy_bandwidth_gbs"] = {**summary(ts, 4),
+                                 "median_gbs": round(moved / statistics.median(ts) / 1e9, 2)}
+  return out

@@ -81,15 +81,33 @@ import _timing  # noqa: E402  (benchmarks/, beside this file)
 _VIDEOS = flags.DEFINE_integer("videos", 4, "prompts (videos) per batch")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "completions per prompt (G)")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "tokens generated per completion (C)")
-_FRAMES = flags.DEFINE_integer("frames", 6, "56 px frames per video (4 visual tokens each); 6 as "
-                              "docs/method.md §2's training clips")
+_SHAPE = flags.DEFINE_enum("shape", "tiny", ["tiny", "internvl3_1b"],
+                           "the model (benchmarks/shapes.py): tiny, or InternVL3-1B's widths and "
+                           "depths (random weights) with 448 px frames (256 visual tokens each)")
+_CKPT = flags.DEFINE_string("ckpt", "", "an existing checkpoint of --shape to use (default: a "
+                            "fresh random one, written to a temporary folder)")
+_FRAMES = flags.DEFINE_integer("frames", 6, "frames per video (tiny: 56 px, 4 visual tokens "
+                              "each); 6 as docs/method.md §2's training clips")
 _BETA = flags.DEFINE_float("beta", 0.04, "KL weight; > 0 runs a reference model on both sides")
 _LOSS_TYPE = flags.DEFINE_enum("loss_type", "grpo", ["grpo", "bnpo", "dr_grpo", "dapo"],
                                "loss normaliser (both sides)")
 _LR = flags.DEFINE_float("learning_rate", 1e-5, "constant AdamW learning rate (both sides)")
 _TOP_K = flags.DEFINE_integer("top_k", 50, "top-k of both samplers")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps of each side (after the warm-up)")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed first steps of each side")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed first steps of our side (>= 1: compile)")
+_TRL_WARMUP = flags.DEFINE_integer("trl_warmup", -1, "untimed first steps of TRL's (-1: as "
+                                   "--warmup; 0: its first step is timed too, as it compiles "
+                                   "nothing: for real shapes, where a step takes many minutes)")
+_TRL_STEPS = flags.DEFINE_integer("trl_steps", -1, "timed steps of TRL's (-1: as --steps)")
+_MICRO = flags.DEFINE_bool("micro", False, "memory settings for real shapes: one video per "
+                           "gradient micro-batch and recomputed layers on both sides (ours: "
+                           "micro_batch_size 1, remat full; TRL: G completions per device batch, "
+                           "`videos` accumulation steps, gradient checkpointing, its default)")
+_SEQUENTIAL = flags.DEFINE_bool("sequential", False, "each side alone in turn (random order) "
+                                "instead of interleaved: for shapes whose two trainers do not "
+                                "fit in memory together")
+_ROOFLINE = flags.DEFINE_bool("roofline", False, "also time a float32 matmul (the peak an MFU "
+                              "divides by) as a contender in the same run")
 _SPLIT = flags.DEFINE_bool("split", True, "also time our rollout alone (one more compile) "
                            "for a per-phase split of our step")
 _CORES = flags.DEFINE_integer("cores", 1, "cores each side is pinned to (torch threads)")
@@ -108,18 +126,22 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def make_tokenizer():
-  """A byte-level tokenizer over the tiny checkpoint's 512 ids: the 256 byte symbols
+def make_tokenizer(shape=None):
+  """A byte-level tokenizer over the checkpoint's ids (tiny: 512): the 256 byte symbols
   (no merges: one token per byte), InternVL's special tokens with `<IMG_CONTEXT>` at the
-  checkpoint's image id (500), and never-produced filler ids so that every id the model
-  can sample decodes."""
-  from hf_tiny import IMAGE_TOKEN, VOCAB
+  checkpoint's image id, and never-produced filler ids (pairs, then triples of symbols) so
+  that every id the model can sample decodes."""
+  import itertools
+  from shapes import TINY
   from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
+  shape = shape or TINY
+  IMAGE_TOKEN, VOCAB = shape.image_token_id, shape.vocab
   alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
   first_special = IMAGE_TOKEN - SPECIAL.index("<IMG_CONTEXT>")
   vocab = {c: i for i, c in enumerate(alphabet)}
-  fillers = (a + b for a in alphabet for b in alphabet)
+  fillers = itertools.chain((a + b for a in alphabet for b in alphabet),
+                            (a + b + c for a in alphabet for b in alphabet for c in alphabet))
   for i in range(len(vocab), VOCAB):
     vocab[SPECIAL[i - first_special] if 0 <= i - first_special < len(SPECIAL)
           else next(fillers)] = i
@@ -180,17 +202,20 @@ def even_share(completion_ids, **_):
   return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-def _trl_args(out_dir, B, G, C, beta, loss_type, lr, top_k, max_steps):
+def _trl_args(out_dir, B, G, C, beta, loss_type, lr, top_k, max_steps, micro=False):
+  """TRL's settings; ``micro``: one video's G completions per device batch, accumulated
+  over the B videos of one generation batch, layers recomputed in the backward pass."""
   from trl import GRPOConfig as TRLConfig
   return TRLConfig(
-      output_dir=str(out_dir), per_device_train_batch_size=B * G,
-      gradient_accumulation_steps=1, steps_per_generation=1, num_generations=G,
+      output_dir=str(out_dir), per_device_train_batch_size=G if micro else B * G,
+      gradient_accumulation_steps=B if micro else 1,
+      steps_per_generation=B if micro else 1, num_generations=G,
       max_completion_length=C, temperature=1.0, top_k=top_k, top_p=1.0,
       generation_kwargs={"min_new_tokens": C}, beta=beta, loss_type=loss_type,
       epsilon=0.2, num_iterations=1, scale_rewards="group", learning_rate=lr,
       lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", adam_beta1=0.9,
       adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0,
-      max_steps=max_steps, gradient_checkpointing=False, bf16=False, fp16=False,
+      max_steps=max_steps, gradient_checkpointing=micro, bf16=False, fp16=False,
       use_cpu=True, use_vllm=False, report_to="none", save_strategy="no", eval_strategy="no",
       logging_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, log_completions=False,
       dataloader_num_workers=0, seed=0, model_init_kwargs={"dtype": "float32"})
@@ -209,7 +234,9 @@ def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
   cfg = grpo.GRPOConfig(num_generations=G, beta=work["beta"], kl_estimator="k3", epsilon=0.2,
                         loss_type=work["loss_type"], num_iterations=1, max_completion_length=C,
                         temperature=1.0, top_k=work["top_k"], top_p=1.0, stop_ids=(),
-                        temporal=False)
+                        temporal=False, **(dict(remat="full", micro_batch_size=1,
+                                                logprob_micro_batch_size=1)
+                                           if work["micro"] else {}))
   tx = train_state.make_optimizer(work["learning_rate"], max_grad_norm=1.0, b1=0.9, b2=0.999,
                                   eps=1e-8, weight_decay=0.0)
   policy, _ = model.from_pretrained(ckpt)
@@ -271,14 +298,15 @@ def trl(ckpt: str, work: dict, cores: int, max_steps: int, warmup: int):
   hf_logging.set_verbosity_error()
   warnings.filterwarnings("ignore")
   B, G, C, T, size = (work[k] for k in ("videos", "generations", "new_tokens", "frames", "size"))
-  tokenizer = make_tokenizer()
+  from shapes import SHAPES
+  tokenizer = make_tokenizer(SHAPES[work["shape"]])
   processor = make_processor(tokenizer, size)
   messages = [{"role": "user", "content": QUESTION}]
   dataset = Dataset.from_list([{"prompt": messages, "images": f}
                                for f in video_frames(B, T, size)])
   out_dir = pathlib.Path(tempfile.mkdtemp(prefix="grpo_vs_trl_trl_"))
   args = _trl_args(out_dir, B, G, C, work["beta"], work["loss_type"], work["learning_rate"],
-                   work["top_k"], max_steps)
+                   work["top_k"], max_steps, work["micro"])
   t0 = time.perf_counter()
   trainer = GRPOTrainer(model=ckpt, reward_funcs=even_share, args=args, train_dataset=dataset,
                         processing_class=processor)
@@ -389,16 +417,21 @@ def trl(ckpt: str, work: dict, cores: int, max_steps: int, warmup: int):
 def main(_):
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   from trl.data_utils import prepare_multimodal_messages
-  from hf_tiny import make_hf_checkpoint
+  from shapes import SHAPES, decode_bytes, make_checkpoint, update_flops
   cores = sorted(os.sched_getaffinity(0))[:_CORES.value]
   if len(cores) < _CORES.value:
     raise app.UsageError(f"--cores={_CORES.value}: this process may use {len(cores)}")
   B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
-  size, beta, top_k, w = 56, _BETA.value, _TOP_K.value, _WARMUP.value
+  shape = SHAPES[_SHAPE.value]
+  size, beta, top_k, w = shape.frame_px, _BETA.value, _TOP_K.value, _WARMUP.value
+  trl_w = w if _TRL_WARMUP.value < 0 else _TRL_WARMUP.value
+  trl_steps = _STEPS.value if _TRL_STEPS.value < 0 else _TRL_STEPS.value
+  if w < 1 or trl_w + trl_steps < 1:
+    raise app.UsageError("--warmup must be >= 1 (our compile) and TRL must make a step")
   work_dir = pathlib.Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
-  ckpt = work_dir / "checkpoint"
-  make_hf_checkpoint(ckpt)  # one checkpoint for both sides
-  processor = make_processor(make_tokenizer(), size)
+  ckpt = pathlib.Path(_CKPT.value) if _CKPT.value else make_checkpoint(
+      shape, work_dir / "checkpoint")  # one checkpoint for both sides
+  processor = make_processor(make_tokenizer(shape), size)
   # The shared batch, as TRL's processor makes it: our side gets exactly these ids/pixels.
   inputs = processor.apply_chat_template(
       [prepare_multimodal_messages([{"role": "user", "content": QUESTION}], images=f)
@@ -409,18 +442,33 @@ def main(_):
   assert ids.shape[0] == B and pix.shape == (B * T, 3, size, size), (ids.shape, pix.shape)
   P = ids.shape[1]
   work = dict(videos=B, generations=G, new_tokens=C, frames=T, size=size, beta=beta,
-              loss_type=_LOSS_TYPE.value, learning_rate=_LR.value, top_k=top_k)
+              loss_type=_LOSS_TYPE.value, learning_rate=_LR.value, top_k=top_k,
+              shape=shape.name, micro=_MICRO.value)
   contenders = {"ours": (ours, dict(ckpt=str(ckpt), ids=ids, pix=pix, work=work)),
                 "trl": (trl, dict(ckpt=str(ckpt), work=work, cores=len(cores),
-                                  max_steps=w + _STEPS.value, warmup=w))}
+                                  max_steps=trl_w + trl_steps, warmup=trl_w))}
   if _SPLIT.value:
     contenders["ours_rollout"] = (ours, dict(ckpt=str(ckpt), ids=ids, pix=pix, work=work,
                                              rollout_only=True))
   env = {"OMP_NUM_THREADS": str(len(cores)), "TOKENIZERS_PARALLELISM": "false",
          "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
                                              _timing.xla_flags_value()]))}
-  r = _timing.isolated(contenders, _STEPS.value, cores=cores, env=env, seed=_SEED.value,
-                       warmup=w)
+  if _SPLIT.value and C > 1:  # the decode step's time: rollout(C) - rollout(1) over C - 1
+    contenders["ours_rollout_1"] = (ours, dict(ckpt=str(ckpt), ids=ids, pix=pix,
+                                               work=dict(work, new_tokens=1),
+                                               rollout_only=True))
+  if _ROOFLINE.value:
+    contenders["matmul_peak"] = (_timing.matmul_call, {})
+    contenders["copy_bandwidth"] = (_timing.copy_call, dict(threads=len(cores)))
+  # TRL's first step is timed with trl_warmup 0: `isolated` always runs one call first
+  # (reported apart), so it runs one step fewer after it.
+  r = _timing.isolated(contenders, {**{name: _STEPS.value for name in contenders},
+                                    "trl": trl_steps - (trl_w == 0)},
+                       cores=cores, env=env, seed=_SEED.value,
+                       warmup={**{name: w for name in contenders}, "trl": max(1, trl_w)},
+                       sequential=_SEQUENTIAL.value)
+  if trl_w == 0:
+    r["times_s"]["trl"].insert(0, r["first_s"]["trl"])
   shutil.rmtree(work_dir, ignore_errors=True)
   ours_lengths = r["reports"]["ours"]["completion_lengths_min_max"]
   trl_lengths = r["reports"]["trl"]["completion_lengths_min_max"]
@@ -433,8 +481,10 @@ def main(_):
   report = {
       **_timing.provenance(),
       "setup": f"like for like: each side in its own process, pinned to the same {len(cores)} "
-               f"core(s) (torch {len(cores)} thread(s), ours one JAX device); calls in a "
-               "random order per round",
+               f"core(s) (torch {len(cores)} thread(s), ours one JAX device); " + (
+                   "each process alone in turn (random order; the two do not fit in memory "
+                   "together)" if _SEQUENTIAL.value else "calls in a random order per round"),
+      "shape": shape.name, "micro": _MICRO.value,
       "comparison": "VLM path on both sides: ViT + projector + LM, frames given to TRL as images",
       "batch": {"videos": B, "generations": G, "completions": B * G, "new_tokens": C,
                 "frames_per_video": T, "frame_px": size, "prompt_tokens": P,
@@ -448,7 +498,9 @@ def main(_):
                    "completion_lengths_min_max": {"ours": ours_lengths, "trl": trl_lengths}},
       "cores": r["cores"], "env": env, "load_average": r["load_average"],
       "predecessors": r["predecessors"], "order_seed": _SEED.value,
-      "versions": trl_report.pop("versions"), "warmup_steps": w, "timed_steps": _STEPS.value,
+      **({"load_by_contender": r["load_by_contender"]} if _SEQUENTIAL.value else {}),
+      "versions": trl_report.pop("versions"), "warmup_steps": {"ours": w, "trl": trl_w},
+      "timed_steps": _STEPS.value, **_timing.roofline(r),
       "ours": {**_timing.summary(our_t, 4), "first_step_s": round(r["first_s"]["ours"], 2),
                "compile_s": round(r["first_s"]["ours"] - med(our_t), 2),
                "vit_frames_per_step": {"rollout": B * T, "reference": B * T if beta else 0,
@@ -467,6 +519,27 @@ def main(_):
         "rollout": round(roll, 4), "reward_reference_update": round(med(our_t) - roll, 4),
         "note": "rollout timed as its own program (own process); the rest = step - rollout"}
     report["speedup_rollout"] = round(trl_report["phases_median_s"]["rollout"] / roll, 2)
+    # The update's FLOP rate: model FLOPs of our packed update (shapes.update_flops) over
+    # the step's time less the rollout's (the rewards are negligible).
+    flops = update_flops(shape, B, G, P, C, T, beta)
+    rate = flops / (med(our_t) - roll)
+    report["ours"]["update"] = {"model_tflops": round(flops / 1e12, 3),
+                                "gflops_per_s": round(rate / 1e9, 1)}
+    if "matmul_peak_gflops" in report:
+      report["ours"]["update"]["fraction_of_matmul_peak"] = round(
+          rate / 1e9 / report["matmul_peak_gflops"]["median_gflops"], 3)
+    if "ours_rollout_1" in r["times_s"]:
+      # One decode step: the rollout less its prefill (a 1-token rollout), over C - 1 steps,
+      # against the least bytes it must move (shapes.decode_bytes: weights, K/V).
+      step_s = (roll - med(r["times_s"]["ours_rollout_1"])) / (C - 1)
+      moved = decode_bytes(shape, 4, B, G, P, C)
+      report["ours"]["decode_step"] = {
+          "median_s": round(step_s, 4), "least_bytes_gb": round(moved / 1e9, 3),
+          "gb_per_s": round(moved / step_s / 1e9, 2),
+          "prefill_s": round(med(r["times_s"]["ours_rollout_1"]), 3)}
+      if "copy_bandwidth_gbs" in report:
+        report["ours"]["decode_step"]["fraction_of_copy_bandwidth"] = round(
+            moved / step_s / 1e9 / report["copy_bandwidth_gbs"]["median_gbs"], 3)
   text = json.dumps(report, indent=2)
   if _OUT.value:
     pathlib.Path(_OUT.value).write_text(text + "\n")
