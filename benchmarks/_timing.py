@@ -285,18 +285,31 @@ def matmul_call(n: int = 4096, dtype: str = "float32"):
   return call
 
 
-def copy_call(mib: int = 1024, threads: int = 1):
-  """A roofline contender: one call = a STREAM-style copy of ``mib`` MiB (float32) by torch
-  on ``threads`` threads (a copy this large is split among them); bytes moved = 2 x size
-  (read + write; `info`). The bandwidth a decode step's bytes are measured against."""
+def copy_call(mib: int = 1024, threads: int = 1, on: str = "torch"):
+  """A roofline contender: one call = a STREAM-style copy of ``mib`` MiB (float32), by
+  torch on ``threads`` host threads (a copy this large is split among them), or with
+  ``on`` = "jax" a jitted scale (y = 2 x) on JAX's default device (an accelerator's
+  memory); bytes moved = 2 x size (read + write; `info`). The bandwidth a decode step's
+  bytes are measured against."""
+  n = mib * 2 ** 18
+  if on == "jax":
+    import jax
+    import jax.numpy as jnp
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda v: v * 2.0)
+
+    def call(i):
+      f(x).block_until_ready()
+      return {"bytes": 2 * n * 4}
+    return call
   import torch
   torch.set_num_threads(threads)
-  x = torch.ones(mib * 2 ** 18, dtype=torch.float32)
+  x = torch.ones(n, dtype=torch.float32)
   y = torch.empty_like(x)
 
   def call(i):
     y.copy_(x)
-    return {"bytes": 2 * x.numel() * 4}
+    return {"bytes": 2 * n * 4}
   return call
 
 

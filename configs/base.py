@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
   m.param_dtype = "float32"  # parameter storage dtype: float32 | bfloat16
   m.attention = "auto"  # attention kernel: auto (splash on TPU, cuDNN on GPU) | xla | splash | cudnn
-  m.scan_layers = False  # decoder layers as one lax.scan in the update/SFT passes (faster compiles)
+  m.scan_layers = False  # decoder layers + ViT blocks as one lax.scan each (faster compiles; remat holds on CPU)
   # InternViT stochastic depth in the GRPO rollouts and update (the release trains in train
   # mode; evaluation never drops): the last block's rate, linspace(0, rate) over the blocks.
   # 0 = off; -1 = the checkpoint's own vision_config.drop_path_rate (docs/method.md §4, §7)
@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   g.top_k = 50  # keep the k likeliest tokens (0: all)
   g.top_p = 1.0  # nucleus mass (1: all)
   g.temporal = True  # temporal-consistency reward from perturbed rollouts (docs/method.md §3)
-  g.remat = "off"  # decoder layers in the update's backward pass: off | full (recompute) | save_dots
+  g.remat = "off"  # ViT blocks and decoder layers in the update's backward pass: off | full (recompute) | save_dots
   g.decode_layout = "gathered"  # rollout decode weights: gathered (per-step copy, whole over fsdp) | train
   g.logprob_chunk = 256  # completion tokens per LM-head chunk
   g.micro_batch_size = 0  # videos per gradient micro-batch (0: the whole batch)

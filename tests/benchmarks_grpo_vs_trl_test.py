@@ -17,7 +17,8 @@ def test_grpo_vs_trl_runs_and_reports():
   env = one_device.env()  # one device, as run by hand
   out = subprocess.run(
       [sys.executable, str(SCRIPT), "--videos=2", "--generations=2", "--new_tokens=4",
-       "--frames=1", "--steps=2", "--warmup=1", "--nosplit", "--seed=1"],
+       "--frames=1", "--steps=2", "--warmup=1", "--trl_warmup=0", "--seed=1", "--low_memory",
+       "--sequential", "--roofline"],
       capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout)
@@ -30,6 +31,16 @@ def test_grpo_vs_trl_runs_and_reports():
   assert set(report["trl"]["phases_median_s"]) == {"rollout", "reference", "reward",
                                                    "scoring_rest", "update"}
   assert report["speedup"] > 0 and report["ours"]["compile_s"] > 0
+  # --trl_warmup 0: TRL's first step is one of the timed ones (it made 2 steps in all).
+  assert report["warmup_steps"] == {"ours": 1, "trl": 0}
+  # --sequential: each of the 6 processes alone (ours, TRL, our rollout, our 1-token
+  # rollout, matmul, copy); the limits measured in the same run; the update's
+  # FLOP rate and the decode step's bandwidth from the split.
+  assert "alone in turn" in report["setup"] and len(report["load_by_contender"]) == 6
+  assert report["matmul_peak_gflops"]["median_gflops"] > 0
+  assert 0 < report["ours"]["update"]["fraction_of_matmul_peak"]
+  assert report["ours"]["decode_step"]["least_bytes_gb"] > 0
+  assert report["ours"]["phases_median_s"]["rollout"] > 0
   # Like for like: each side in its own process on the same pinned core.
   assert len(report["cores"]) == 1 and report["env"]["OMP_NUM_THREADS"] == "1"
   assert report["cpu_model"] and report["command"].startswith("benchmarks/grpo_vs_trl.py")

@@ -41,3 +41,29 @@ def test_provenance_names_commit_cpu_and_command():
   p = _timing.provenance()
   assert p["cpu_model"] and p["cpu_count"] >= 1 and p["command"]
   assert p["commit"] is None or len(p["commit"].split("+")[0]) >= 7
+
+
+def test_sequential_runs_each_process_alone_with_its_own_counts():
+  """Contenders too big to share memory: each process starts after the previous one has
+  exited (no two pids alive together), with per-contender warm-up and run counts."""
+  contenders = {name: (_timing.spin, {"seconds": 0.001}) for name in ("a", "b", "c")}
+  r = _timing.isolated(contenders, {"a": 3, "b": 1, "c": 0}, sequential=True, seed=1,
+                       warmup={"a": 2, "b": 0})
+  assert {n: len(t) for n, t in r["times_s"].items()} == {"a": 3, "b": 1, "c": 0}
+  assert r["warmup"] == {"a": 2, "b": 1, "c": 1}  # at least the first call each
+  assert r["sequential"] and set(r["load_by_contender"]) == {"a", "b", "c"}
+  for pid in r["info"].values():  # every worker has exited
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+  # Exactly one process came first; each other one followed exactly one.
+  assert sorted(len(p) for p in r["predecessors"].values()) == [0, 1, 1]
+
+
+def test_roofline_contenders_report_rates():
+  r = _timing.isolated({"matmul_peak": (_timing.matmul_call, {"n": 128}),
+                        "copy_bandwidth": (_timing.copy_call, {"mib": 8})}, 3)
+  limits = _timing.roofline(r)
+  assert limits["matmul_peak_gflops"]["median_gflops"] > 0
+  assert limits["copy_bandwidth_gbs"]["median_gbs"] > 0
+  assert r["info"]["matmul_peak"] == {"flops": 2 * 128 ** 3}
+  assert r["info"]["copy_bandwidth"] == {"bytes": 2 * 8 * 2 ** 20}

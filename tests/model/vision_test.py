@@ -178,3 +178,40 @@ def test_rate_from_the_run_config_or_the_checkpoint(tmp_path):
   assert factory.model_config(c).vision.drop_path_rate == 0.0
   c.model.checkpoint, c.model.drop_path_rate = "", 0.3  # random init: the run's rate
   assert factory.model_config(c).vision.drop_path_rate == 0.3
+
+
+@pytest.mark.parametrize("scan, remat", [(False, "full"), (True, "off"), (True, "full")])
+def test_vit_remat_and_scan_keep_values_and_gradients(scan, remat):
+  """`scan_layers` (one `lax.scan` over the stacked blocks, which keeps remat effective on
+  XLA:CPU) and remat give the plain loop's output and each block's gradient."""
+  def vit(scan_layers):
+    return vision.InternViT(SMALL, -1, dtype=jnp.float32, param_dtype=jnp.float32,
+                            rngs=nnx.Rngs(0), scan_layers=scan_layers)
+  pix = frames(3)
+  graphdef, params = nnx.split(vit(False))
+  variant_graphdef, variant_params = nnx.split(vit(scan))
+  assert jax.tree.structure(variant_params) == jax.tree.structure(params)  # per-block storage
+
+  def loss(params, graphdef, remat):
+    out = nnx.merge(graphdef, params)(pix, None, remat)
+    return jnp.sum(jnp.sin(out))
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
+  want, got = grad(params, graphdef, "off"), grad(params, variant_graphdef, remat)
+  name = f"scan={scan}, remat={remat}"
+  tolerance.assert_close(got[0], want[0], 4, name=f"loss, {name}")
+  for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    tolerance.assert_close(np.asarray(g), np.asarray(w), 16, name=f"grad, {name}")
+  hlo = jax.jit(loss, static_argnums=(1, 2)).lower(params, variant_graphdef, remat).as_text()
+  assert ("while" in hlo) == scan  # a real loop, not an unrolled copy
+
+
+def test_vit_scan_with_drop_path_keys_falls_back_to_the_loop():
+  """Blocks with different drop-path rates under a key cannot share one scanned body: the
+  scanned ViT then runs the loop, with the same masks."""
+  cfg = dataclasses.replace(SMALL, drop_path_rate=0.4)
+  loop, scanned = (vision.InternViT(cfg, -1, dtype=jnp.float32, param_dtype=jnp.float32,
+                                    rngs=nnx.Rngs(0), scan_layers=s) for s in (False, True))
+  pix, key = frames(8), jax.random.key(5)
+  np.testing.assert_array_equal(np.asarray(scanned(pix, key)), np.asarray(loop(pix, key)))
+  tolerance.assert_close(np.asarray(scanned(pix)), np.asarray(loop(pix)), 8, name="no key")

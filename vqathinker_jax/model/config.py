@@ -89,8 +89,9 @@ class ModelConfig:
   # Attention kernel (`attention_kernels.IMPLEMENTATIONS`): auto = splash on TPU, cuDNN on
   # NVIDIA GPUs (bfloat16/float16), XLA otherwise; or xla | splash | cudnn.
   attention: str = "auto"
-  # Decoder layers as one `lax.scan` over their stacked weights in cache-less passes (the
-  # update, reference and SFT): XLA compiles one layer instead of every layer.
+  # Decoder layers and ViT blocks as one `lax.scan` each over their stacked weights in
+  # cache-less passes (the update, reference and SFT; the ViT in every pass): XLA compiles
+  # one layer instead of every layer, and on XLA:CPU remat then holds (vision._scan).
   scan_layers: bool = False
 
   def __post_init__(self):

@@ -99,20 +99,21 @@ class InternVL(nnx.Module):
     self.cfg = cfg
 
   def visual_tokens(self, pixel_values, train: bool = False,
-                    drop_key: jax.Array | None = None) -> jax.Array:
+                    drop_key: jax.Array | None = None, remat: str = "off") -> jax.Array:
     """[M, D] in slot order: frame by frame for [N, H, W, 3]; for [B, T, H, W, 3], per
     video its T frames, then its motion token when the model has the motion branch.
     ``drop_key``: the ViT's drop-path masks, one per frame (`vision.drop_path`); None
-    (evaluation, inference) for none."""
+    (evaluation, inference) for none. ``remat``: the ViT blocks' (`llm.REMAT_POLICIES`)."""
     # Every reshape that merges or splits the sharded batch dimension is followed by a
     # constraint, so the batch stays split as the mesh says instead of as the partitioner
     # guesses (the row-permutation bug itself is avoided by BATCH_AXES' order, sharding.py).
     pix = sharding.constrain_batch(pixel_values)
     if pix.ndim == 4:
-      feats_NPD = self.vision(pix, drop_key)
+      feats_NPD = self.vision(pix, drop_key, remat)
       return sharding.constrain_batch(feats_NPD.reshape(-1, feats_NPD.shape[-1]))
     B, T, H, W, C = pix.shape
-    feats_NPD = self.vision(sharding.constrain_batch(pix.reshape(B * T, H, W, C)), drop_key)
+    feats_NPD = self.vision(sharding.constrain_batch(pix.reshape(B * T, H, W, C)), drop_key,
+                            remat)
     feats_BMD = sharding.constrain_batch(feats_NPD.reshape(B, -1, feats_NPD.shape[-1]))
     if self.motion_mlp is not None:
       # SlowFast is frozen: no gradient flows into it, motion_mlp trains.
@@ -122,11 +123,13 @@ class InternVL(nnx.Module):
     return sharding.constrain_batch(feats_BMD.reshape(-1, feats_BMD.shape[-1]))
 
   def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False,
-            slots_BT: jax.Array | None = None, drop_key: jax.Array | None = None):
+            slots_BT: jax.Array | None = None, drop_key: jax.Array | None = None,
+            remat: str = "off"):
     """Input embeddings [B, T, D] with visual tokens in the `<IMG_CONTEXT>` slots.
 
     ``slots_BT`` restricts the slots (e.g. to the prompt: a sampled completion may hold
-    the `<IMG_CONTEXT>` id as an ordinary token); ``drop_key`` as `visual_tokens`.
+    the `<IMG_CONTEXT>` id as an ordinary token); ``drop_key``, ``remat`` as
+    `visual_tokens`.
     """
     x_BTD = self.llm.embed_tokens(input_ids_BT)
     if pixel_values is None:
@@ -134,17 +137,18 @@ class InternVL(nnx.Module):
     is_visual_BT = input_ids_BT == self.cfg.image_token_id
     if slots_BT is not None:
       is_visual_BT = is_visual_BT & slots_BT.astype(bool)
-    return merge_visual(x_BTD, is_visual_BT, self.visual_tokens(pixel_values, train, drop_key))
+    return merge_visual(x_BTD, is_visual_BT,
+                        self.visual_tokens(pixel_values, train, drop_key, remat))
 
   def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
                     train: bool = False, slots_BT=None, remat: str = "off",
                     drop_key: jax.Array | None = None) -> jax.Array:
     """Final-normed decoder states [B, T, D] for explicit positions and an attention
     mask, [B, T, T] or a `layers.PrefixGroupMask` (packed GRPO rows); the LM head is left
-    to the caller. ``remat``: `llm.REMAT_POLICIES`, for the decoder layers; ``drop_key``
-    as `visual_tokens`."""
+    to the caller. ``remat``: `llm.REMAT_POLICIES`, for the ViT blocks and the decoder
+    layers; ``drop_key`` as `visual_tokens`."""
     x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT,
-                       drop_key)
+                       drop_key, remat)
     h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS, remat=remat)
     return sharding.constrain_batch(h_BTD)
 

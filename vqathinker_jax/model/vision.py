@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax.model import layers
+from vqathinker_jax.model import layers, llm
 from vqathinker_jax.model.config import DTYPES, ModelConfig, VisionConfig
 
 
@@ -139,8 +139,9 @@ class InternViT(nnx.Module):
   """Patch embedding + CLS + learned positions + blocks. Returns patch tokens [N, P, C]."""
 
   def __init__(self, cfg: VisionConfig, feature_layer: int, *, dtype, param_dtype, rngs,
-               attention: str = "auto"):
+               attention: str = "auto", scan_layers: bool = False):
     C, p, g = cfg.hidden_size, cfg.patch_size, cfg.grid
+    self.scan_layers = scan_layers
     self.patch_kernel = layers.param(rngs, (p, p, 3, C), param_dtype, (None, None, None, "vit_embed"))
     self.patch_bias = layers.param(rngs, (C,), param_dtype, ("vit_embed",), "zeros")
     self.cls = layers.param(rngs, (C,), param_dtype, ("vit_embed",))
@@ -160,9 +161,11 @@ class InternViT(nnx.Module):
                        if cfg.final_norm and num_run == cfg.num_layers else None)
     self.cfg, self.dtype = cfg, dtype
 
-  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
+  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None,
+               remat: str = "off") -> jax.Array:
     """Patch tokens [N, P, C]; ``drop_key``: drop-path masks (block l draws from
-    `fold_in(drop_key, l)`), None for none."""
+    `fold_in(drop_key, l)`), None for none; ``remat`` (`llm.REMAT_POLICIES`): what each
+    block keeps for the gradient (at 448 px a block's scores alone are N x 16 x 1025^2)."""
     N, H, W, _ = pix_NHWC.shape
     p, C, g = self.cfg.patch_size, self.cfg.hidden_size, self.cfg.grid
     h, w = H // p, W // p
@@ -177,11 +180,39 @@ class InternViT(nnx.Module):
     cls_C = (self.cls[...] + pos[0]).astype(self.dtype)
     x_NPC = x_NPC + pos_patch.astype(self.dtype)
     x_NPC = jnp.concatenate([jnp.broadcast_to(cls_C, (N, 1, C)), x_NPC], axis=1)
-    for l, block in enumerate(self.blocks):
-      x_NPC = block(x_NPC, None if drop_key is None else jax.random.fold_in(drop_key, l))
+    rates = {block.drop_rate for block in self.blocks}
+    if self.scan_layers and self.blocks and (drop_key is None or len(rates) == 1):
+      x_NPC = self._scan(x_NPC, drop_key, remat)
+    else:
+      call = lambda block, x, key: block(x, key)
+      if remat != "off":
+        call = nnx.remat(call, policy=llm.REMAT_POLICIES[remat])
+      for l, block in enumerate(self.blocks):
+        x_NPC = call(block, x_NPC, None if drop_key is None else jax.random.fold_in(drop_key, l))
     if self.final_norm is not None:
       x_NPC = self.final_norm(x_NPC)
     return x_NPC[:, 1:]  # the CLS token is dropped
+
+  def _scan(self, x_NPC, drop_key, remat: str):
+    """The block loop as one `lax.scan` over the blocks' weights stacked on a leading axis
+    (as `llm.Qwen2._scan`). Besides compiling one block instead of L, it keeps remat
+    effective on XLA:CPU, whose scheduler hoists an unrolled loop's recomputations (at
+    448 px, 6 frames: 30 GB of update temporaries instead of 10). Used when the blocks
+    differ in nothing but drop-path rates that no key activates (the merged block keeps
+    the first's static rate)."""
+    splits = [nnx.split(block) for block in self.blocks]
+    graphdef = splits[0][0]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+
+    def block_fn(state, x_NPC, l):
+      key = None if drop_key is None else jax.random.fold_in(drop_key, l)
+      return nnx.merge(graphdef, state)(x_NPC, key)
+
+    if remat != "off":
+      block_fn = jax.checkpoint(block_fn, policy=llm.REMAT_POLICIES[remat], prevent_cse=False)
+    x_NPC, _ = jax.lax.scan(lambda x, sl: (block_fn(sl[0], x, sl[1]), None), x_NPC,
+                            (stacked, jnp.arange(len(self.blocks))))
+    return x_NPC
 
 
 class Projector(nnx.Module):
@@ -203,12 +234,13 @@ class VisionTower(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.vit = InternViT(cfg.vision, cfg.vision_feature_layer, dtype=dt, param_dtype=pdt,
-                         rngs=rngs, attention=cfg.attention)
+                         rngs=rngs, attention=cfg.attention, scan_layers=cfg.scan_layers)
     self.mlp1 = Projector(4 * cfg.vision.hidden_size, cfg.text.hidden_size, dtype=dt,
                           param_dtype=pdt, rngs=rngs)
 
-  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
-    x_NPC = self.vit(pix_NHWC, drop_key)
+  def __call__(self, pix_NHWC: jax.Array, drop_key: jax.Array | None = None,
+               remat: str = "off") -> jax.Array:
+    x_NPC = self.vit(pix_NHWC, drop_key, remat)
     N, H, W, _ = pix_NHWC.shape
     p = self.vit.cfg.patch_size
     return self.mlp1(pixel_shuffle(x_NPC.reshape(N, H // p, W // p, -1)))

@@ -55,7 +55,7 @@ class GRPOConfig:
   stop_ids: tuple = rollout.DEFAULT_STOP_IDS  # <|im_end|>, <|endoftext|>
   temporal: bool = True             # also roll out G perturbed copies per video (docs/method.md §3)
   logprob_chunk: int = 256          # completion tokens per LM-head chunk ([B, K, V] at a time)
-  remat: str = "off"                # decoder layers in the backward pass: off | full | save_dots
+  remat: str = "off"                # ViT blocks + decoder layers in the backward pass: off | full | save_dots
   decode_layout: str = "gathered"   # rollout decode weights: gathered (once per step) | train
   micro_batch_size: int = 0         # videos per gradient micro-batch (0: the whole batch)
   logprob_micro_batch_size: int = 0 # videos per no-grad log-prob micro-batch (0: all)
