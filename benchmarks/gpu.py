@@ -35,12 +35,14 @@ from absl import app
 from absl import flags
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "benchmarks")]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
 
 import _timing  # noqa: E402  (benchmarks/, beside this file)
 
-_CKPT = flags.DEFINE_string("ckpt", "", "an InternVL3-1B-shaped checkpoint (default: a fresh "
-                            "random one in a temporary folder)")
+_SHAPE = flags.DEFINE_enum("shape", "internvl3_1b", ["tiny", "internvl3_1b"],
+                           "the model (benchmarks/shapes.py); tiny: a smoke run anywhere")
+_CKPT = flags.DEFINE_string("ckpt", "", "a checkpoint of --shape (default: a fresh random one "
+                            "in a temporary folder)")
 _VIDEOS = flags.DEFINE_integer("videos", 4, "videos per GRPO step")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "completions per video (G)")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "tokens per completion (C)")
@@ -49,6 +51,8 @@ _TEXT = flags.DEFINE_integer("text", 80, "text tokens either side of the frames"
 _STEPS = flags.DEFINE_integer("steps", 5, "timed calls of each contender")
 _LOW_MEMORY = flags.DEFINE_bool("low_memory", False, "layers recomputed, ViT blocks and "
                                 "decoder layers scanned (for a card with less memory)")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 8192, "side of the bf16 matmul (the peak)")
+_COPY_MIB = flags.DEFINE_integer("copy_mib", 2048, "MiB scaled in device memory (bandwidth)")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "the card's nominal bf16 dense peak")
 _HBM = flags.DEFINE_float("hbm_tbs", 3.35, "the card's nominal memory bandwidth (TB/s)")
 _OUT = flags.DEFINE_string("out", "", "also write the JSON here")
@@ -56,8 +60,8 @@ _OUT = flags.DEFINE_string("out", "", "also write the JSON here")
 
 def main(_):
   from grpo_ours import ours
-  from shapes import INTERNVL3_1B, decode_bytes, make_checkpoint, prompt_batch, update_flops
-  shape = INTERNVL3_1B
+  from shapes import SHAPES, decode_bytes, make_checkpoint, prompt_batch, update_flops
+  shape = SHAPES[_SHAPE.value]
   B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
   work_dir = pathlib.Path(tempfile.mkdtemp(prefix="gpu_bench_"))
   ckpt = _CKPT.value or str(make_checkpoint(shape, work_dir / "checkpoint"))
@@ -72,8 +76,8 @@ def main(_):
       "ours": (ours, dict(kw, work=work)),
       "ours_rollout": (ours, dict(kw, work=work, rollout_only=True)),
       "ours_rollout_1": (ours, dict(kw, work=dict(work, new_tokens=1), rollout_only=True)),
-      "matmul_peak": (_timing.matmul_call, dict(n=8192, dtype="bfloat16")),
-      "copy_bandwidth": (_timing.copy_call, dict(mib=2048, on="jax")),
+      "matmul_peak": (_timing.matmul_call, dict(n=_MATMUL_N.value, dtype="bfloat16")),
+      "copy_bandwidth": (_timing.copy_call, dict(mib=_COPY_MIB.value, on="jax")),
   }
   r = _timing.isolated(contenders, _STEPS.value, sequential=True, cores=None)
   shutil.rmtree(work_dir, ignore_errors=True)
@@ -81,7 +85,9 @@ def main(_):
   limits = _timing.roofline(r)
   update_s = med["ours"] - med["ours_rollout"]
   flops = update_flops(shape, B, G, P, C, T, 0.0)
+  # At a smoke run's tiny sizes the differences below can be noise (<= 0): then None.
   decode_s = (med["ours_rollout"] - med["ours_rollout_1"]) / (C - 1)
+  per_s = lambda x, t: round(x / t, 1) if t > 0 else None
   moved = decode_bytes(shape, 2, B, G, P, C)
   import jax
   report = {
@@ -93,16 +99,16 @@ def main(_):
       **{name: {**_timing.summary(r["times_s"][name], 4),
                 "first_call_s": round(r["first_s"][name], 2)}
          for name in ("ours", "ours_rollout", "ours_rollout_1")},
-      "update": {"seconds": round(update_s, 4), "model_tflops": round(flops / 1e12, 2),
-                 "tflops_per_s": round(flops / update_s / 1e12, 1),
-                 "fraction_of_measured_peak": round(
-                     flops / update_s / 1e9 / limits["matmul_peak_gflops"]["median_gflops"], 3),
-                 "mfu_nominal": round(flops / update_s / 1e12 / _PEAK.value, 3)},
-      "decode_step": {"seconds": round(decode_s, 6), "least_bytes_gb": round(moved / 1e9, 3),
-                      "gb_per_s": round(moved / decode_s / 1e9, 1),
-                      "fraction_of_measured_bandwidth": round(
-                          moved / decode_s / 1e9 / limits["copy_bandwidth_gbs"]["median_gbs"], 3),
-                      "fraction_of_nominal_hbm": round(moved / decode_s / 1e12 / _HBM.value, 3)},
+      "update": {"seconds": round(update_s, 4), "model_tflops": float(f"{flops / 1e12:.4g}"),
+                 "tflops_per_s": per_s(flops / 1e12, update_s),
+                 "fraction_of_measured_peak": per_s(
+                     flops / 1e9 / limits["matmul_peak_gflops"]["median_gflops"], update_s),
+                 "mfu_nominal": per_s(flops / 1e12 / _PEAK.value, update_s)},
+      "decode_step": {"seconds": round(decode_s, 6), "least_bytes_gb": round(moved / 1e9, 4),
+                      "gb_per_s": per_s(moved / 1e9, decode_s),
+                      "fraction_of_measured_bandwidth": per_s(
+                          moved / 1e9 / limits["copy_bandwidth_gbs"]["median_gbs"], decode_s),
+                      "fraction_of_nominal_hbm": per_s(moved / 1e12 / _HBM.value, decode_s)},
       "nominal": {"bf16_dense_tflops": _PEAK.value, "hbm_tbs": _HBM.value},
   }
   text = json.dumps(report, indent=2)

@@ -2,10 +2,15 @@
 
   python benchmarks/grpo_vs_trl.py [--cores 1 --videos 4 --generations 4 --new_tokens 32
       --frames 6 --beta 0.04 --steps 20 --warmup 3 --nosplit --out FILE.json --xla_flags=...]
+  python benchmarks/grpo_vs_trl.py --shape internvl3_1b --cores 2 --videos 2 \
+      --new_tokens 256 --beta 0 --low_memory --sequential --roofline --steps 1 \
+      --trl_warmup 0 --xla_flags=--xla_cpu_enable_concurrency_optimized_scheduler=false
+      # real shapes: ~1 h on 2 cores, ~21 GB at its peak
 
-Both sides train the same tiny random InternVL checkpoint (tests/hf_tiny.py: ViT, pixel
-shuffle + projector, Qwen2 decoder; float32) on the same batch: `videos` prompts, each with
-`frames` random 56 px frames (given to TRL as that many images, so its VLM path runs: ViT +
+Both sides train the same random InternVL checkpoint of `--shape` (benchmarks/shapes.py:
+tiny, or InternVL3-1B's widths and depths with 448 px frames; ViT, pixel shuffle +
+projector, Qwen2 decoder; float32) on the same batch: `videos` prompts, each with
+`frames` random frames (given to TRL as that many images, so its VLM path runs: ViT +
 projector + LM on both sides) and a short question, rendered by one chat template and
 transformers' InternVL processor (PIL image processor, one tile per frame); our side gets
 exactly the token ids and normalised pixels that processor makes (equal prompt lengths, no
@@ -24,7 +29,17 @@ padding). Per step, each side does:
 TRL: `per_device_train_batch_size` = videos x G completions, gradient_accumulation_steps 1,
 steps_per_generation 1 (one optimizer step = one rollout batch), `use_vllm=False`
 (`transformers.generate`), gradient checkpointing off, float32 (bf16 off), no logging,
-saving or eval.
+saving or eval. `--low_memory` (real shapes on a 24 GB host): TRL with gradient
+checkpointing (its default) and one video's G completions per device batch over `videos`
+accumulation steps (still one optimizer step and one generation per rollout batch); ours
+with remat and the ViT blocks and decoder layers each one scanned loop (`scan_layers`),
+the whole batch in one gradient pass. `--sequential`: each process alone in turn (two 1B
+trainers do not fit in memory together), instead of interleaved calls. `--roofline`: a
+float32 matmul and a memory copy timed as contenders in the same run; the report then
+gives our update's model FLOPs (`shapes.update_flops`) per second of (step - rollout) as a
+share of the matmul peak, and one decode step's least bytes (`shapes.decode_bytes`) per
+second of ((rollout - 1-token rollout) / (C - 1)) as a share of the copy bandwidth.
+`--trl_warmup 0` times TRL's first step too (it compiles nothing), for steps of minutes.
 
 Like for like (`_timing.isolated`): each side runs in its own process, both pinned to the
 same `cores` cores (torch with that many intra-op threads; ours one JAX device, XLA's

@@ -86,7 +86,9 @@ def ours(path: str, cores: int, greedy: bool, batch: dict):
   from shapes import SHAPES, prompt_batch
   from vqathinker_jax import model
   from vqathinker_jax.model import sharding
+  from grpo_ours import as_in_training
   from vqathinker_jax.rl import rollout
+  as_in_training(jax)
   devices = jax.devices()[:cores] if jax.default_backend() == "cpu" else jax.devices()[:1]
   mesh = sharding.make_mesh({"data": len(devices)}, devices)
   m, _ = model.from_pretrained(path, dtype=batch["dtype"], mesh=mesh)

@@ -33,7 +33,10 @@ def test_forward_flops_match_torch_flop_counter():
   from torch.utils.flop_counter import FlopCounterMode
   shape = shapes.TINY
   torch.manual_seed(0)
-  hf = transformers.InternVLForConditionalGeneration(shapes.hf_config(shape)).eval()
+  # Eager attention: its score and value products are matmuls the counter sees (it does
+  # not count the fused SDPA kernel).
+  hf = transformers.InternVLForConditionalGeneration._from_config(
+      shapes.hf_config(shape), attn_implementation="eager").eval()
   ids, pix = shapes.prompt_batch(shape, videos=1, frames=1, text=5)
   P = ids.shape[1]
   with torch.no_grad(), FlopCounterMode(display=False) as counter:
