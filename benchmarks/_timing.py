@@ -195,6 +195,16 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
           "cores": cores, "env": env, "seed": seed, "burst": burst}
 
 
+def emit(report: dict, out: str = "") -> None:
+  """Prints a benchmark's JSON report and, with ``out``, writes it there too."""
+  import json
+  text = json.dumps(report, indent=2)
+  if out:
+    with open(out, "w") as f:
+      f.write(text + "\n")
+  print(text)
+
+
 def spin(seconds: float) -> Callable[[int], int]:
   """A contender that busy-waits ``seconds`` per call: the harness's null benchmark (its
   own overhead) and its test."""

@@ -24,7 +24,6 @@ bandwidth and the card's nominal HBM bandwidth (`--peak_tflops`, `--hbm_tbs`: H1
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import statistics
@@ -111,10 +110,7 @@ def main(_):
                       "fraction_of_nominal_hbm": per_s(moved / 1e12 / _HBM.value, decode_s)},
       "nominal": {"bf16_dense_tflops": _PEAK.value, "hbm_tbs": _HBM.value},
   }
-  text = json.dumps(report, indent=2)
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(text + "\n")
-  print(text)
+  _timing.emit(report, _OUT.value)
 
 
 if __name__ == "__main__":

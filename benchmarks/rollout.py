@@ -29,7 +29,6 @@ in the same run (a float32 matmul's rate too). Prints one JSON object (and write
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -223,10 +222,7 @@ def main(_):
     if step_s > 0 and "copy_bandwidth_gbs" in report:
       report["ours_decode_step"]["fraction_of_copy_bandwidth"] = round(
           moved / step_s / 1e9 / report["copy_bandwidth_gbs"]["median_gbs"], 3)
-  text = json.dumps(report, indent=2)
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(text + "\n")
-  print(text)
+  _timing.emit(report, _OUT.value)
 
 
 if __name__ == "__main__":
