@@ -1,0 +1,266 @@
+"""Where the GRPO update's time goes on this machine: an XLA profile of it, by op class.
+
+    python benchmarks/profile_update.py --shape internvl3_1b --layers 4 --remat full \
+        --out benchmarks/results/profile_update_internvl3_1b.json
+
+The model has the shape's real widths at ``--layers`` ViT blocks and decoder layers (every
+layer is the same program, so the per-layer mix of operations is the full model's; the LM
+head and the vocabulary are the real ones). One update (`steps.make_update_step`, as the
+trainer's) on scored rollouts of the benchmark's lengths (every completion C tokens long)
+is compiled, run once untimed, then timed ``--runs`` times and profiled once with
+`jax.profiler`. Each executed operation ("thunk") is matched to its instruction in the
+compiled HLO: its class (matmul: a fusion or custom call holding a dot or convolution;
+copy/transpose; gather/scatter/slice; reduce; elementwise) and, for matmuls, the FLOPs of
+its dots from their shapes. The JSON gives per class the summed time and, for matmuls, the
+FLOP rate against a float32 matmul timed in the same process (the peak), plus the slowest
+operations, and XLA's memory account of the compiled update.
+
+Legend: B videos, G completions per video, C new tokens, T frames, P prompt tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import math
+import pathlib
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
+import _timing  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+_SHAPE = flags.DEFINE_enum("shape", "internvl3_1b", ["tiny", "internvl3_1b"], "model widths")
+_LAYERS = flags.DEFINE_integer("layers", 4, "ViT blocks and decoder layers (0: the shape's)")
+_VIDEOS = flags.DEFINE_integer("videos", 2, "B")
+_GENERATIONS = flags.DEFINE_integer("generations", 4, "G")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "C (every completion this long)")
+_FRAMES = flags.DEFINE_integer("frames", 6, "T")
+_REMAT = flags.DEFINE_enum("remat", "full", ["off", "full", "save_dots"], "what each layer keeps")
+_RUNS = flags.DEFINE_integer("runs", 2, "timed updates (besides the profiled one)")
+_TOP = flags.DEFINE_integer("top", 15, "slowest operations listed")
+_OUT = flags.DEFINE_string("out", "", "JSON path (default: stdout only)")
+
+_CONTROL = {"while", "conditional", "call"}  # their bodies' operations are events of their own
+_SKIP_EVENT = re.compile(r"^(end: |ThreadpoolListener|SlinkyThreadPool|MutexLock)")
+
+
+def hlo_index(hlo: str) -> dict[str, dict]:
+  """Instruction name -> {"op": opcode, "ops": opcodes inside it (a fusion's body, else
+  its own), "flops": its dots' FLOPs} for every instruction of a compiled module's text."""
+  comps, cur = {}, None
+  instr, types = {}, {}
+  for line in hlo.splitlines():
+    head = re.match(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s*->.*\{\s*$", line)
+    if head:
+      cur = comps.setdefault(head.group(1), {"ops": set(), "flops": 0.0})
+      continue
+    m = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$", line)
+    if not m or cur is None:
+      continue
+    name, out_type, op, rest = m.groups()
+    types[name] = out_type
+    flops = _dot_flops(out_type, rest, types) if op in ("dot", "convolution") else 0.0
+    calls = re.search(r"calls=%?([\w.\-]+)", rest)
+    instr[name] = {"op": op, "calls": calls.group(1) if calls else None, "flops": flops}
+    cur["ops"].add(op)
+    cur["flops"] += flops
+  out = {}
+  for name, d in instr.items():
+    body = comps.get(d["calls"]) if d["calls"] and d["op"] not in _CONTROL else None
+    out[name] = {"op": d["op"], "ops": body["ops"] if body else {d["op"]},
+                 "flops": body["flops"] if body else d["flops"]}
+  return out
+
+
+def _dims(type_text: str) -> list[int]:
+  m = re.match(r"\s*\w+\[([\d,]*)\]", type_text)
+  return [int(x) for x in m.group(1).split(",") if x] if m else []
+
+
+def _dot_flops(out_type: str, rest: str, types: dict) -> float:
+  """2 x output elements x contracted size, from a dot's text and its operands' types."""
+  first = re.match(r"\s*%?([\w.\-]+)", rest)
+  lhs = _dims(types.get(first.group(1), "")) if first else []
+  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+  if not lhs or not contracting:
+    return 0.0
+  k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
+  return 2.0 * math.prod(_dims(out_type)) * k
+
+
+def op_class(ops: set[str]) -> str:
+  if ops & {"dot", "convolution"}:
+    return "matmul"
+  if ops & _CONTROL:
+    return "control"
+  if ops & {"gather", "scatter", "dynamic-slice", "dynamic-update-slice", "slice", "pad",
+            "concatenate", "select-and-scatter"}:
+    return "gather/scatter/slice"
+  if ops & {"reduce", "reduce-window", "all-reduce", "sort"}:
+    return "reduce"
+  if ops <= {"copy", "transpose", "bitcast", "parameter", "tuple", "get-tuple-element",
+             "broadcast", "reshape", "constant"}:
+    return "copy/transpose"
+  return "elementwise"
+
+
+def profile_events(trace_dir: str) -> list[tuple[str, float]]:
+  """(name, seconds) of every operation XLA:CPU executed while tracing."""
+  from jax.profiler import ProfileData
+  path = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
+  events = []
+  for plane in ProfileData.from_file(path).planes:
+    if not plane.name.startswith("/host:CPU"):
+      continue
+    for line in plane.lines:  # the thunks run on the caller's thread (sync dispatch) or XLA's
+      events += [(e.name, e.duration_ns / 1e9) for e in line.events
+                 if not _SKIP_EVENT.match(e.name)]
+  return events
+
+
+def breakdown(events, index: dict, wall_s: float, peak_flops: float, top: int) -> dict:
+  by_class = collections.defaultdict(lambda: {"s": 0.0, "count": 0, "flops": 0.0})
+  by_name = collections.defaultdict(lambda: {"s": 0.0, "count": 0})
+  for name, s in events:
+    d = index.get(name)
+    if d is None:  # the runtime's and Python's own events
+      continue
+    cls = op_class(d["ops"])
+    if cls == "control":
+      continue
+    c = by_class[cls]
+    c["s"] += s
+    c["count"] += 1
+    c["flops"] += d["flops"]
+    by_name[name]["s"] += s
+    by_name[name]["count"] += 1
+  total = sum(c["s"] for c in by_class.values())
+  classes = {}
+  for cls, c in sorted(by_class.items(), key=lambda kv: -kv[1]["s"]):
+    row = {"s": round(c["s"], 3), "share": round(c["s"] / total, 3), "count": c["count"]}
+    if c["flops"]:
+      row["tflop"] = round(c["flops"] / 1e12, 3)
+      row["gflops_per_s"] = round(c["flops"] / c["s"] / 1e9, 1)
+      row["fraction_of_matmul_peak"] = round(c["flops"] / c["s"] / peak_flops, 3)
+    classes[cls] = row
+  slowest = []
+  for name, c in sorted(by_name.items(), key=lambda kv: -kv[1]["s"])[:top]:
+    d = index[name]
+    row = {"name": name, "class": op_class(d["ops"]), "s": round(c["s"], 3),
+           "count": c["count"], "ops": sorted(d["ops"])[:8]}
+    if d["flops"]:
+      row["gflops_per_s"] = round(d["flops"] * c["count"] / c["s"] / 1e9, 1)
+    slowest.append(row)
+  return {"wall_s": round(wall_s, 3), "ops_s": round(total, 3),
+          "classes": classes, "slowest": slowest}
+
+
+def _reduced(shape, layers: int):
+  if not layers:
+    return shape
+  return dataclasses.replace(shape, name=f"{shape.name}_{layers}layers",
+                             vision=dict(shape.vision, num_hidden_layers=layers),
+                             text=dict(shape.text, num_hidden_layers=layers))
+
+
+def _build(ckpt, shape, B, G, C, T, remat):
+  import jax.numpy as jnp
+  import numpy as np
+  from shapes import prompt_batch
+  from vqathinker_jax import model
+  from vqathinker_jax.rl import grpo
+  from vqathinker_jax.train import state as train_state, steps
+  cfg = grpo.GRPOConfig(num_generations=G, beta=0.0, kl_estimator="k3", epsilon=0.2,
+                        loss_type="dr_grpo", num_iterations=1, max_completion_length=C,
+                        temperature=1.0, top_k=0, top_p=1.0, stop_ids=(), temporal=False,
+                        remat=remat)
+  tx = train_state.make_optimizer(1e-6, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
+                                  weight_decay=0.0)
+  policy, _ = model.from_pretrained(ckpt, dtype="float32", param_dtype="float32",
+                                    scan_layers=True)
+  graphdef, state = train_state.init_state(policy, tx, reference=False)
+  del policy
+  ids, pix = prompt_batch(shape, B, T, 8)
+  rng = np.random.default_rng(0)
+  batch = dict(prompt_ids=jnp.asarray(ids), prompt_mask=jnp.ones(ids.shape, jnp.int32),
+               pixel_values=jnp.asarray(pix),
+               completions=jnp.asarray(rng.integers(0, 151643, (B, G, C)), jnp.int32),
+               completion_mask=jnp.ones((B, G, C), jnp.int32),
+               advantages=jnp.asarray(rng.standard_normal((B, G)), jnp.float32))
+  return steps.make_update_step(graphdef, state, tx, cfg), state, batch, ids.shape[1]
+
+
+def main(argv):
+  del argv
+  _timing.apply_xla_flags()
+  import jax
+  from shapes import SHAPES, make_checkpoint, update_flops
+  from grpo_ours import as_in_training
+  as_in_training(jax)
+  full = SHAPES[_SHAPE.value]
+  shape = _reduced(full, _LAYERS.value)
+  B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
+  report = {"benchmark": "profile_update", **_timing.provenance(), "shape": shape.name,
+            "work": {"videos": B, "generations": G, "new_tokens": C, "frames": T,
+                     "remat": _REMAT.value, "layers": _LAYERS.value or "all",
+                     "dtype": "float32", "beta": 0.0}}
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = make_checkpoint(shape, pathlib.Path(tmp) / "ckpt")
+    step, state, batch, P = _build(ckpt, shape, B, G, C, T, _REMAT.value)
+  mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+  with jax.set_mesh(mesh):
+    start = time.perf_counter()
+    step = step.lower(state, batch).compile()
+    report["compile_s"] = round(time.perf_counter() - start, 2)
+    hlo = step.as_text()
+    mem = step.memory_analysis()
+    report["memory_gb"] = {"temporaries": round(mem.temp_size_in_bytes / 1e9, 2),
+                           "arguments": round(mem.argument_size_in_bytes / 1e9, 2)}
+    start = time.perf_counter()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    report["first_call_s"] = round(time.perf_counter() - start, 2)
+    times = []
+    for _ in range(_RUNS.value):
+      start = time.perf_counter()
+      state, _ = step(state, batch)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - start)
+    trace = tempfile.mkdtemp(prefix="profile_update_")
+    jax.profiler.start_trace(trace)
+    start = time.perf_counter()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+  report["update_s"] = _timing.summary(times, 3) if times else None
+  # The peak in the same process, after the update (the same threads, warm).
+  mm = _timing.matmul_call(4096)
+  mm(0)
+  ts = []
+  for i in range(5):
+    s0 = time.perf_counter()
+    mm(i)
+    ts.append(time.perf_counter() - s0)
+  peak = 2 * 4096 ** 3 / statistics.median(ts)
+  report["matmul_peak_gflops"] = round(peak / 1e9, 1)
+  flops = update_flops(shape, B, G, P, C, T, 0.0)
+  report["model_tflop"] = round(flops / 1e12, 3)
+  report["prompt_tokens"] = P
+  report["profile"] = breakdown(profile_events(trace), hlo_index(hlo), wall, peak, _TOP.value)
+  dots = report["profile"]["classes"].get("matmul", {})
+  report["profile"]["executed_matmul_tflop_over_model"] = (
+      round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
+  _timing.emit(report, _OUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
