@@ -93,18 +93,19 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
 
   ``contenders``: name -> (factory, kwargs); ``factory`` is a module-level function (a
   spawned process imports it) returning ``call(i)``, which must block until its work is
-  done; its return value on the untimed first call is reported as `info` (keep it small),
-  and so is ``call.report()`` at the end, if it has one (`reports`). ``warmup`` untimed
-  calls come first (at least the one that compiles); timed calls get indices from
-  ``warmup`` on.
+  done; its return value on the first call is reported as `info` (keep it small), and so
+  is ``call.report()`` at the end, if it has one (`reports`). ``warmup`` untimed calls
+  come first (the first one compiles); timed calls get indices from ``warmup`` on.
   Processes start one after another, each ready (built, warmed up) before the next
   starts, so no set-up or compile overlaps another's. Then ``runs`` timed calls each, in
   rounds whose order is a fresh random permutation (``seed``), ``burst`` calls of a
   contender in a row: every contender follows every other about equally often (the count
   is returned), and only one process runs at a time (the others wait on a pipe).
 
-  ``warmup`` and ``runs`` may differ by contender (dicts, name -> count; warm-up at least 1
-  each: the first call is reported apart as `first_s`).
+  ``warmup`` and ``runs`` may differ by contender (dicts, name -> count). ``warmup`` 0, for
+  a contender that compiles nothing and whose calls take minutes: its first call is timed
+  too, as the first of its ``runs`` (the others get indices from 1). Either way the first
+  call's time is also reported apart as `first_s`.
 
   ``sequential``: for contenders too big to share the memory (real-shape training), each
   process lives alone: in a random order, one starts, warms up, makes its ``runs`` calls
@@ -118,9 +119,17 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
   ctx = multiprocessing.get_context("spawn")
   cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
   env = dict(env or {})
-  warm = {name: max(1, warmup.get(name, 1) if isinstance(warmup, dict) else warmup)
+  warm = {name: warmup.get(name, 1) if isinstance(warmup, dict) else warmup
           for name in contenders}
   runs_of = {name: runs[name] if isinstance(runs, dict) else runs for name in contenders}
+  for name in contenders:
+    if warm[name] < 0 or (warm[name] == 0 and runs_of[name] < 1):
+      raise ValueError(f"contender {name!r}: warmup {warm[name]} with {runs_of[name]} runs "
+                       "(warmup 0 counts the first call as a run)")
+  # Every worker makes its first call on starting; with warmup 0 that call is the first
+  # run, so one run fewer follows, indices from 1.
+  after = {name: runs_of[name] - (warm[name] == 0) for name in contenders}
+  first_index = {name: max(1, warm[name]) for name in contenders}
   procs, conns, first_s, info = {}, {}, {}, {}
   load_before = [round(x, 2) for x in os.getloadavg()]
   rng = random.Random(seed)
@@ -138,11 +147,13 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
     factory, kwargs = contenders[name]
     conns[name], child = ctx.Pipe()
     procs[name] = ctx.Process(target=_worker,
-                              args=(factory, kwargs, child, cores, env, warm[name]),
+                              args=(factory, kwargs, child, cores, env, first_index[name]),
                               daemon=True)
     procs[name].start()
     child.close()
     first_s[name], info[name] = receive(name)
+    if warm[name] == 0:
+      times[name].append(first_s[name])
 
   def stop(name):
     conns[name].send(("stop", None))
@@ -155,8 +166,8 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
         start(name)
         if previous is not None:
           predecessors[name][previous] = 1
-        for j in range(runs_of[name]):
-          conns[name].send(("run", warm[name] + j))
+        for j in range(after[name]):
+          conns[name].send(("run", first_index[name] + j))
           times[name].append(receive(name)[0])
         stop(name)
         procs[name].join(timeout=60)
@@ -166,13 +177,13 @@ def isolated(contenders: dict[str, tuple[Callable, dict]], runs: int | dict[str,
       for name in names:
         start(name)
       previous, i = None, 0
-      while i < max(runs_of.values()):
+      while i < max(after.values()):
         order = rng.sample(names, len(names))
         for name in order:
-          for j in range(i, min(runs_of[name], i + burst)):
+          for j in range(i, min(after[name], i + burst)):
             if previous is not None:
               predecessors[name][previous] = predecessors[name].get(previous, 0) + 1
-            conns[name].send(("run", warm[name] + j))
+            conns[name].send(("run", first_index[name] + j))
             times[name].append(receive(name)[0])
             previous = name
         i += burst
@@ -207,15 +218,18 @@ def emit(report: dict, out: str = "") -> None:
 
 def spin(seconds: float) -> Callable[[int], int]:
   """A contender that busy-waits ``seconds`` per call: the harness's null benchmark (its
-  own overhead) and its test."""
+  own overhead) and its test (its report: the indices it was called with, in order)."""
   if seconds < 0:
     raise ValueError(f"seconds must be >= 0, got {seconds}")
+  indices = []
 
   def call(i):
+    indices.append(i)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
       pass
     return os.getpid()
+  call.report = lambda: {"indices": indices}
   return call
 
 
@@ -262,21 +276,18 @@ def environment() -> dict:
 
 
 def matmul_peak_flops(n: int = 2048, dtype=None, runs: int = 7) -> float:
-  """Measured FLOP/s of a square matmul on the default device (median of ``runs``): the
-  denominator of model FLOPs utilisation, measured in the same run as the model."""
-  import jax
+  """Measured FLOP/s of `matmul_call`'s square matmul (``dtype`` a JAX dtype; default
+  float32), here in this process (median of ``runs``): the denominator of model FLOPs
+  utilisation, measured in the same run as the model."""
   import jax.numpy as jnp
-  dtype = dtype or jnp.float32
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, b).block_until_ready()
+  call = matmul_call(n, jnp.dtype(dtype or jnp.float32).name)
+  flops = call(0)["flops"]  # compiles
   ts = []
-  for _ in range(runs):
+  for i in range(runs):
     start = time.perf_counter()
-    f(a, b).block_until_ready()
+    call(i + 1)
     ts.append(time.perf_counter() - start)
-  return 2 * n ** 3 / statistics.median(ts)
+  return flops / statistics.median(ts)
 
 
 def matmul_call(n: int = 4096, dtype: str = "float32"):
@@ -338,3 +349,33 @@ def roofline(result: dict) -> dict:
     out["copy_bandwidth_gbs"] = {**summary(ts, 4),
                                  "median_gbs": round(moved / statistics.median(ts) / 1e9, 2)}
   return out
+
+
+def decode_step(rollout_s: float, prefill_s: float, new_tokens: int, least_bytes: float,
+                limits: dict) -> dict:
+  """One decode step from a rollout's time and its 1-token rollout's (the prefill): their
+  difference over the C - 1 later steps, and the least bytes it must move
+  (`shapes.decode_bytes`) per second, also as a share of the copy bandwidth in ``limits``
+  (`roofline`'s). Unrounded: {"step_s", "gb_per_s", "fraction_of_copy_bandwidth"}; the
+  rates are None unless step_s > 0 (at tiny sizes the difference of two medians can be
+  noise), the share too when no bandwidth was measured."""
+  step_s = (rollout_s - prefill_s) / (new_tokens - 1)
+  gb_per_s = least_bytes / step_s / 1e9 if step_s > 0 else None
+  copy = limits.get("copy_bandwidth_gbs")
+  return {"step_s": step_s, "gb_per_s": gb_per_s,
+          "fraction_of_copy_bandwidth": (gb_per_s / copy["median_gbs"]
+                                         if gb_per_s is not None and copy else None)}
+
+
+def update_rate(step_s: float, rollout_s: float, flops: float, limits: dict) -> dict:
+  """A training update's FLOP rate: its model FLOPs (`shapes.update_flops`) over the step's
+  time less the rollout's (the rewards are negligible), also as a share of the matmul peak
+  in ``limits`` (`roofline`'s). Unrounded: {"update_s", "gflops_per_s",
+  "fraction_of_matmul_peak"}; the rates are None unless update_s > 0 (noise at tiny sizes),
+  the share too when no peak was measured."""
+  update_s = step_s - rollout_s
+  gflops_per_s = flops / update_s / 1e9 if update_s > 0 else None
+  peak = limits.get("matmul_peak_gflops")
+  return {"update_s": update_s, "gflops_per_s": gflops_per_s,
+          "fraction_of_matmul_peak": (gflops_per_s / peak["median_gflops"]
+                                      if gflops_per_s is not None and peak else None)}

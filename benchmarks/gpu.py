@@ -82,12 +82,12 @@ def main(_):
   shutil.rmtree(work_dir, ignore_errors=True)
   med = {name: statistics.median(ts) for name, ts in r["times_s"].items()}
   limits = _timing.roofline(r)
-  update_s = med["ours"] - med["ours_rollout"]
   flops = update_flops(shape, B, G, P, C, T, 0.0)
-  # At a smoke run's tiny sizes the differences below can be noise (<= 0): then None.
-  decode_s = (med["ours_rollout"] - med["ours_rollout_1"]) / (C - 1)
-  per_s = lambda x, t: round(x / t, 1) if t > 0 else None
+  u = _timing.update_rate(med["ours"], med["ours_rollout"], flops, limits)
   moved = decode_bytes(shape, 2, B, G, P, C)
+  d = _timing.decode_step(med["ours_rollout"], med["ours_rollout_1"], C, moved, limits)
+  # At a smoke run's tiny sizes the differences can be noise (<= 0): the rates are then None.
+  rate = lambda x, per=1.0: None if x is None else round(x / per, 1)
   import jax
   report = {
       **_timing.provenance(), "device": jax.devices()[0].device_kind, "jax": jax.__version__,
@@ -98,16 +98,15 @@ def main(_):
       **{name: {**_timing.summary(r["times_s"][name], 4),
                 "first_call_s": round(r["first_s"][name], 2)}
          for name in ("ours", "ours_rollout", "ours_rollout_1")},
-      "update": {"seconds": round(update_s, 4), "model_tflops": float(f"{flops / 1e12:.4g}"),
-                 "tflops_per_s": per_s(flops / 1e12, update_s),
-                 "fraction_of_measured_peak": per_s(
-                     flops / 1e9 / limits["matmul_peak_gflops"]["median_gflops"], update_s),
-                 "mfu_nominal": per_s(flops / 1e12 / _PEAK.value, update_s)},
-      "decode_step": {"seconds": round(decode_s, 6), "least_bytes_gb": round(moved / 1e9, 4),
-                      "gb_per_s": per_s(moved / 1e9, decode_s),
-                      "fraction_of_measured_bandwidth": per_s(
-                          moved / 1e9 / limits["copy_bandwidth_gbs"]["median_gbs"], decode_s),
-                      "fraction_of_nominal_hbm": per_s(moved / 1e12 / _HBM.value, decode_s)},
+      "update": {"seconds": round(u["update_s"], 4),
+                 "model_tflops": float(f"{flops / 1e12:.4g}"),
+                 "tflops_per_s": rate(u["gflops_per_s"], 1e3),
+                 "fraction_of_measured_peak": rate(u["fraction_of_matmul_peak"]),
+                 "mfu_nominal": rate(u["gflops_per_s"], 1e3 * _PEAK.value)},
+      "decode_step": {"seconds": round(d["step_s"], 6), "least_bytes_gb": round(moved / 1e9, 4),
+                      "gb_per_s": rate(d["gb_per_s"]),
+                      "fraction_of_measured_bandwidth": rate(d["fraction_of_copy_bandwidth"]),
+                      "fraction_of_nominal_hbm": rate(d["gb_per_s"], 1e3 * _HBM.value)},
       "nominal": {"bf16_dense_tflops": _PEAK.value, "hbm_tbs": _HBM.value},
   }
   _timing.emit(report, _OUT.value)

@@ -413,15 +413,12 @@ def main(_):
   if _ROOFLINE.value:
     contenders["matmul_peak"] = (_timing.matmul_call, {})
     contenders["copy_bandwidth"] = (_timing.copy_call, dict(threads=len(cores)))
-  # TRL's first step is timed with trl_warmup 0: `isolated` always runs one call first
-  # (reported apart), so it runs one step fewer after it.
+  # With trl_warmup 0, TRL's first step is the first of its timed ones.
   r = _timing.isolated(contenders, {**{name: _STEPS.value for name in contenders},
-                                    "trl": trl_steps - (trl_w == 0)},
+                                    "trl": trl_steps},
                        cores=cores, env=env, seed=_SEED.value,
-                       warmup={**{name: w for name in contenders}, "trl": max(1, trl_w)},
+                       warmup={**{name: w for name in contenders}, "trl": trl_w},
                        sequential=_SEQUENTIAL.value)
-  if trl_w == 0:
-    r["times_s"]["trl"].insert(0, r["first_s"]["trl"])
   shutil.rmtree(work_dir, ignore_errors=True)
   ours_lengths = r["reports"]["ours"]["completion_lengths_min_max"]
   trl_lengths = r["reports"]["trl"]["completion_lengths_min_max"]
@@ -431,6 +428,7 @@ def main(_):
   med = statistics.median
   our_t, trl_t = r["times_s"]["ours"], r["times_s"]["trl"]
   trl_report = r["reports"]["trl"]
+  limits = _timing.roofline(r)
   report = {
       **_timing.provenance(),
       "setup": f"like for like: each side in its own process, pinned to the same {len(cores)} "
@@ -453,7 +451,7 @@ def main(_):
       "predecessors": r["predecessors"], "order_seed": _SEED.value,
       **({"load_by_contender": r["load_by_contender"]} if _SEQUENTIAL.value else {}),
       "versions": trl_report.pop("versions"), "warmup_steps": {"ours": w, "trl": trl_w},
-      "timed_steps": _STEPS.value, **_timing.roofline(r),
+      "timed_steps": _STEPS.value, **limits,
       "ours": {**_timing.summary(our_t, 4), "first_step_s": round(r["first_s"]["ours"], 2),
                "compile_s": round(r["first_s"]["ours"] - med(our_t), 2),
                "vit_frames_per_step": {"rollout": B * T, "reference": B * T if beta else 0,
@@ -475,25 +473,26 @@ def main(_):
     # The update's FLOP rate: model FLOPs of our packed update (shapes.update_flops) over
     # the step's time less the rollout's (the rewards are negligible).
     flops = update_flops(shape, B, G, P, C, T, beta)
-    rate = flops / (med(our_t) - roll)
+    u = _timing.update_rate(med(our_t), roll, flops, limits)
+    rounded = lambda x, digits: None if x is None else round(x, digits)  # None: noise
     report["ours"]["update"] = {"model_tflops": round(flops / 1e12, 3),
-                                "gflops_per_s": round(rate / 1e9, 1)}
-    if "matmul_peak_gflops" in report:
-      report["ours"]["update"]["fraction_of_matmul_peak"] = round(
-          rate / 1e9 / report["matmul_peak_gflops"]["median_gflops"], 3)
+                                "gflops_per_s": rounded(u["gflops_per_s"], 1)}
+    if "matmul_peak_gflops" in limits:
+      report["ours"]["update"]["fraction_of_matmul_peak"] = rounded(
+          u["fraction_of_matmul_peak"], 3)
     if "ours_rollout_1" in r["times_s"]:
       # One decode step: the rollout less its prefill (a 1-token rollout), over C - 1 steps,
       # against the least bytes it must move (shapes.decode_bytes: weights, K/V).
-      step_s = (roll - med(r["times_s"]["ours_rollout_1"])) / (C - 1)
+      prefill = med(r["times_s"]["ours_rollout_1"])
       moved = decode_bytes(shape, 4, B, G, P, C)
+      d = _timing.decode_step(roll, prefill, C, moved, limits)
       report["ours"]["decode_step"] = {
-          "median_s": round(step_s, 4), "least_bytes_gb": round(moved / 1e9, 3),
-          "prefill_s": round(med(r["times_s"]["ours_rollout_1"]), 3)}
-      if step_s > 0:  # at tiny sizes the difference of two medians can be noise
-        report["ours"]["decode_step"]["gb_per_s"] = round(moved / step_s / 1e9, 2)
-      if step_s > 0 and "copy_bandwidth_gbs" in report:
-        report["ours"]["decode_step"]["fraction_of_copy_bandwidth"] = round(
-            moved / step_s / 1e9 / report["copy_bandwidth_gbs"]["median_gbs"], 3)
+          "median_s": round(d["step_s"], 4), "least_bytes_gb": round(moved / 1e9, 3),
+          "prefill_s": round(prefill, 3)}
+      # Rates only where they are measured (not noise, a bandwidth timed).
+      for key, digits in (("gb_per_s", 2), ("fraction_of_copy_bandwidth", 3)):
+        if d[key] is not None:
+          report["ours"]["decode_step"][key] = round(d[key], digits)
   _timing.emit(report, _OUT.value)
 
 

@@ -169,16 +169,12 @@ def main(_):
   if _ROOFLINE.value:
     contenders["matmul_peak"] = (_timing.matmul_call, dict(dtype=_DTYPE.value))
     contenders["copy_bandwidth"] = (_timing.copy_call, dict(threads=n))
-  peer_w = _PEER_WARMUP.value
-  runs = {name: _RUNS.value - (peer_w == 0 and name.startswith("hf_")) for name in contenders}
-  r = _timing.isolated(contenders, runs, cores=cores, env=env, seed=_SEED.value,
+  # transformers compiles nothing: with --peer_warmup 0 its first call is timed too.
+  peer_w = max(1, _PEER_WARMUP.value) if _PEER_WARMUP.value else 0
+  r = _timing.isolated(contenders, _RUNS.value, cores=cores, env=env, seed=_SEED.value,
                        burst=_BURST.value,
-                       warmup={name: max(1, peer_w) if name.startswith("hf_") else 1
+                       warmup={name: peer_w if name.startswith("hf_") else 1
                                for name in contenders})
-  if peer_w == 0:  # transformers compiles nothing: its first call is timed
-    for name in contenders:
-      if name.startswith("hf_"):
-        r["times_s"][name].insert(0, r["first_s"][name])
   for name in contenders:
     if name.startswith(("ours_s", "ours_g", "hf_")):
       assert r["info"][name] == [B * G, C], (name, r["info"][name])
@@ -186,6 +182,7 @@ def main(_):
   tokens = B * G * C
   P = 2 * _TEXT.value + shape.tokens_per_frame * _FRAMES.value
   med = {name: statistics.median(ts) for name, ts in r["times_s"].items()}
+  limits = _timing.roofline(r)
   report = {
       **_timing.provenance(), "setup": "like for like: each contender in its own process, "
       f"pinned to the same {n} core(s): torch {n} thread(s), ours {devices} host device(s)",
@@ -193,7 +190,7 @@ def main(_):
       "batch": dict(batch, prompt_tokens=P, generated_tokens=tokens),
       "cores": r["cores"], "env": env, "runs": _RUNS.value, "burst": _BURST.value,
       "warmup": r["warmup"], "order_seed": _SEED.value, "load_average": r["load_average"],
-      "predecessors": r["predecessors"], **_timing.roofline(r),
+      "predecessors": r["predecessors"], **limits,
   }
   for name in contenders:
     if name in ("matmul_peak", "copy_bandwidth"):
@@ -213,15 +210,14 @@ def main(_):
   if _SPLIT.value:
     # One decode step: the rollout less its prefill (a 1-token rollout), over C - 1 steps,
     # against the least bytes it must move (shapes.decode_bytes: weights, K/V).
-    step_s = (med[f"ours_{modes[0]}"] - med["ours_prefill"]) / (C - 1)
     moved = decode_bytes(shape, 2 if _DTYPE.value == "bfloat16" else 4, B, G, P, C)
-    report["ours_decode_step"] = {"mode": modes[0], "median_s": round(step_s, 5),
+    d = _timing.decode_step(med[f"ours_{modes[0]}"], med["ours_prefill"], C, moved, limits)
+    report["ours_decode_step"] = {"mode": modes[0], "median_s": round(d["step_s"], 5),
                                   "least_bytes_gb": round(moved / 1e9, 4)}
-    if step_s > 0:  # at tiny sizes the difference of two medians can be noise
-      report["ours_decode_step"]["gb_per_s"] = round(moved / step_s / 1e9, 2)
-    if step_s > 0 and "copy_bandwidth_gbs" in report:
-      report["ours_decode_step"]["fraction_of_copy_bandwidth"] = round(
-          moved / step_s / 1e9 / report["copy_bandwidth_gbs"]["median_gbs"], 3)
+    # Rates only where they are measured (not noise, a bandwidth timed).
+    for key, digits in (("gb_per_s", 2), ("fraction_of_copy_bandwidth", 3)):
+      if d[key] is not None:
+        report["ours_decode_step"][key] = round(d[key], digits)
   _timing.emit(report, _OUT.value)
 
 

@@ -32,7 +32,7 @@ def test_rollout_benchmark_splits_the_decode_step_against_measured_limits(tmp_pa
   p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.loads(out.read_text())
-  assert "ours_greedy" not in r and r["warmup"]["hf_sample"] == 1
+  assert "ours_greedy" not in r and r["warmup"]["hf_sample"] == 0
   assert len(r["hf_sample"]["runs_s"]) == 2  # its first call timed, one more after it
   assert r["matmul_peak_gflops"]["median_gflops"] > 0
   assert r["copy_bandwidth_gbs"]["median_gbs"] > 0

@@ -50,13 +50,55 @@ def test_sequential_runs_each_process_alone_with_its_own_counts():
   r = _timing.isolated(contenders, {"a": 3, "b": 1, "c": 0}, sequential=True, seed=1,
                        warmup={"a": 2, "b": 0})
   assert {n: len(t) for n, t in r["times_s"].items()} == {"a": 3, "b": 1, "c": 0}
-  assert r["warmup"] == {"a": 2, "b": 1, "c": 1}  # at least the first call each
+  assert r["warmup"] == {"a": 2, "b": 0, "c": 1}  # b: its first call is its one run
   assert r["sequential"] and set(r["load_by_contender"]) == {"a", "b", "c"}
   for pid in r["info"].values():  # every worker has exited
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
   # Exactly one process came first; each other one followed exactly one.
   assert sorted(len(p) for p in r["predecessors"].values()) == [0, 1, 1]
+
+
+def test_warmup_0_times_the_first_call_as_one_of_the_runs():
+  """A peer that compiles nothing (calls of minutes): with warmup 0 its first call is the
+  first of its timed runs, and runs - 1 calls follow it; in rounds and alone in turn."""
+  contenders = {name: (_timing.spin, {"seconds": 0.001}) for name in ("peer", "ours")}
+  for sequential in (False, True):
+    r = _timing.isolated(contenders, 3, warmup={"peer": 0, "ours": 2}, seed=2,
+                         sequential=sequential)
+    assert r["warmup"] == {"peer": 0, "ours": 2}
+    assert {n: len(t) for n, t in r["times_s"].items()} == {"peer": 3, "ours": 3}
+    assert r["times_s"]["peer"][0] == r["first_s"]["peer"]
+    # Every call of the peer's is timed; ours makes 2 untimed ones first.
+    assert r["reports"]["peer"] == {"indices": [0, 1, 2]}
+    assert r["reports"]["ours"] == {"indices": [0, 1, 2, 3, 4]}
+  with pytest.raises(ValueError, match="warmup 0 with 0 runs"):
+    _timing.isolated({"peer": (_timing.spin, {"seconds": 0.0})}, 0, warmup=0)
+
+
+def test_decode_step_and_update_rate_by_hand():
+  limits = {"copy_bandwidth_gbs": {"median_gbs": 50.0},
+            "matmul_peak_gflops": {"median_gflops": 400.0}}
+  # A 4-token rollout of 2 s, its prefill (1 token) 0.5 s: 3 decode steps of 0.5 s, each
+  # moving 10 GB: 20 GB/s, 0.4 of the 50 GB/s copy.
+  d = _timing.decode_step(2.0, 0.5, 4, 10e9, limits)
+  assert d == pytest.approx({"step_s": 0.5, "gb_per_s": 20.0,
+                             "fraction_of_copy_bandwidth": 0.4})
+  # A 3 s step of which 2 s rollout: 200 GFLOP in 1 s, half the 400 GFLOP/s peak.
+  u = _timing.update_rate(3.0, 2.0, 200e9, limits)
+  assert u == pytest.approx({"update_s": 1.0, "gflops_per_s": 200.0,
+                             "fraction_of_matmul_peak": 0.5})
+  # Noise (a difference <= 0): no rates; no limits measured: no shares.
+  assert _timing.decode_step(1.0, 1.0, 4, 10e9, limits) == {
+      "step_s": 0.0, "gb_per_s": None, "fraction_of_copy_bandwidth": None}
+  assert _timing.update_rate(2.0, 2.5, 200e9, limits)["gflops_per_s"] is None
+  assert _timing.decode_step(2.0, 0.5, 4, 10e9, {})["fraction_of_copy_bandwidth"] is None
+  assert _timing.update_rate(3.0, 2.0, 200e9, {})["fraction_of_matmul_peak"] is None
+
+
+def test_matmul_peak_flops_times_the_matmul_contender():
+  import jax.numpy as jnp
+  assert _timing.matmul_peak_flops(n=64, dtype=jnp.bfloat16, runs=2) > 0
 
 
 def test_roofline_contenders_report_rates():

@@ -83,6 +83,7 @@ def _benchmark():
     spec = importlib.util.spec_from_file_location("grpo_vs_trl", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    importlib.import_module("shapes")  # its functions import it when called
   finally:
     sys.path[:] = saved  # it prepends the checkout and tests/ too
   sys.modules["grpo_vs_trl"] = mod
