@@ -10,6 +10,11 @@ import numpy as np
 from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
 from vqathinker_jax.model.slowfast import SlowFastConfig
 
+class CheckpointError(ValueError):
+  """A checkpoint directory that does not match what its config.json says (or that we
+  cannot read), with a message naming the tensor or field."""
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -61,10 +66,16 @@ class TextConfig:
   max_position_embeddings: int = 32768
   tie_word_embeddings: bool = False
   vocab_multiple: int = 128      # stored vocabulary rounded up to this (`padded_vocab_size`)
+  # Qwen2.5-VL's M-RoPE: frequencies per (t, h, w) row, e.g. (16, 24, 24); positions are then
+  # [3, B, T] (`llm.positions_cos_sin`). None: 1-D RoPE (InternVL's decoder).
+  mrope_section: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if self.vocab_multiple < 1:
       raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+    if self.mrope_section is not None and sum(self.mrope_section) != self.head_dim // 2:
+      raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim / 2 = "
+                       f"{self.head_dim // 2}")
 
   @property
   def padded_vocab_size(self) -> int:
@@ -93,6 +104,8 @@ class ModelConfig:
   # cache-less passes (the update, reference and SFT; the ViT in every pass): XLA compiles
   # one layer instead of every layer, and on XLA:CPU remat then holds (vision._scan).
   scan_layers: bool = False
+
+  family = "internvl"  # not a field: the model family (`qwen_vl.QwenVLConfig`: qwen2_5_vl)
 
   def __post_init__(self):
     for field in ("dtype", "param_dtype"):

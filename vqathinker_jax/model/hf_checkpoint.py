@@ -1,4 +1,5 @@
-"""Hugging Face InternVL checkpoints (safetensors only) <-> our parameters.
+"""Hugging Face InternVL checkpoints (safetensors only) <-> our parameters; Qwen2.5-VL's
+names and config are `qwen_checkpoint`'s, read and written by the same `load` and `save`.
 
 Two layouts exist in the wild:
   "hf"   transformers-native `InternVLForConditionalGeneration` (the `-hf` repos and what
@@ -31,8 +32,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from vqathinker_jax.model import internvl, sharding, slowfast
-from vqathinker_jax.model.config import (DTYPES, ModelConfig, TextConfig, VisionConfig,
-                                         dtype_name)
+from vqathinker_jax.model.config import (DTYPES, CheckpointError, ModelConfig, TextConfig,
+                                         VisionConfig, dtype_name)
 from vqathinker_jax.model.motion import MotionProjector
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -66,10 +67,6 @@ HF_ALIASES = (("model.vision_tower.", "vision_tower."),
               ("model.multi_modal_projector.", "multi_modal_projector."),
               ("model.language_model.", "language_model.model."),
               ("lm_head.", "language_model.lm_head."))
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that does not match the model; the message names the tensor(s)."""
 
 
 # ---------------------------------------------------------------- configuration ---
@@ -329,6 +326,13 @@ def weight_map(cfg: ModelConfig, layout: str) -> dict[str, tuple[str, str, tuple
   return m
 
 
+def _family(cfg):
+  """The checkpoint module of a non-InternVL family, Qwen2.5-VL's (imported late: its
+  model module imports `internvl`, as this one does)."""
+  from vqathinker_jax.model import qwen_checkpoint
+  return qwen_checkpoint
+
+
 # --------------------------------------------------------------------- reading ---
 
 class TensorFiles:
@@ -404,12 +408,27 @@ def _ignorable(key: str, cfg: ModelConfig, layout: str) -> bool:
   return key in ("vision_tower.layernorm.weight", "vision_tower.layernorm.bias")
 
 
+def _to_ours(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+  """``TO_OURS[kind]``; "flat:a,b,..." is a [D, a, b, ...] tensor flattened to our
+  [a·b·..., D] (Qwen2.5-VL's Conv3d patch embedding as a matmul)."""
+  if kind.startswith("flat:"):
+    return lambda t: t.reshape(t.shape[0], -1).T
+  return TO_OURS[kind]
+
+
+def _from_ours(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+  if kind.startswith("flat:"):
+    inner = tuple(int(n) for n in kind[len("flat:"):].split(","))
+    return lambda t: t.T.reshape(t.shape[1], *inner)
+  return FROM_OURS[kind]
+
+
 def _convert(raw: np.ndarray, kind: str, part) -> np.ndarray:
   if part is not None:
     j, n = part
     rows = raw.shape[0] // n
     raw = raw[j * rows:(j + 1) * rows]
-  return TO_OURS[kind](raw)
+  return _to_ours(kind)(raw)
 
 
 def _converted_shape(shape: tuple[int, ...], kind: str, part) -> tuple[int, ...]:
@@ -466,32 +485,48 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"no config.json in {path}")
   config = json.loads((path / "config.json").read_text())
-  layout = detect_layout(config)
+  qwen = _family(None)
+  layout = qwen.FAMILY if qwen.is_qwen(config) else detect_layout(config)
   files = TensorFiles(path)
-  if slowfast_weights is not None:  # converted SlowFast tensors replace any in the checkpoint
-    sf_files = TensorFiles(pathlib.Path(slowfast_weights))
-    foreign = sorted(k for k in sf_files.keys() if not k.startswith(SLOWFAST_PREFIX))
-    if foreign or not sf_files.keys():
-      raise CheckpointError(f"{slowfast_weights} is not a converted SlowFast file (keys "
-                            f"{foreign[:3]}); write one with `python -m "
-                            "vqathinker_jax.tools.convert_slowfast IN OUT`")
-    files.key_file.update(sf_files.key_file)
-  stored = _canonical(files.keys(), layout)
-  cfg = config_from_hf(config, has_lm_head="language_model.lm_head.weight" in stored,
-                       motion=motion_config(config, {k: files.shape(v) for k, v in stored.items()}),
-                       path=path, dtype=dtype, param_dtype=param_dtype,
-                       image_token_id=image_token_id, attention=attention,
-                       scan_layers=scan_layers, drop_path_rate=drop_path_rate)
-  wmap = weight_map(cfg, layout)
-  fresh = {}
-  if cfg.motion is not None and not any(k.startswith(MOTION_PREFIX) for k in stored):
-    # InternVL3 + SlowFast, before VQAThinker training: motion_mlp starts from scratch.
-    fresh = _fresh_motion_mlp(cfg, seed)
-    wmap = {k: v for k, v in wmap.items() if k not in fresh}
+  if layout == qwen.FAMILY:
+    if slowfast_weights is not None:
+      raise CheckpointError("slowfast_weights: the motion branch is InternVL's; Qwen2.5-VL "
+                            "runs without it (docs/method.md)")
+    stored = qwen.canonical(files.keys())
+    cfg = qwen.config_from_hf(config, has_lm_head=qwen.LM_HEAD in stored, dtype=dtype,
+                              param_dtype=param_dtype, attention=attention,
+                              scan_layers=scan_layers)
+    wmap, fresh = qwen.weight_map(cfg), {}
+    ignorable = lambda key: qwen.ignorable(key, cfg)
+    graphdef, abstract = nnx.split(nnx.eval_shape(
+        lambda: internvl.module_class(cfg)(cfg, nnx.Rngs(0))))
+  else:
+    if slowfast_weights is not None:  # converted SlowFast tensors replace any in the checkpoint
+      sf_files = TensorFiles(pathlib.Path(slowfast_weights))
+      foreign = sorted(k for k in sf_files.keys() if not k.startswith(SLOWFAST_PREFIX))
+      if foreign or not sf_files.keys():
+        raise CheckpointError(f"{slowfast_weights} is not a converted SlowFast file (keys "
+                              f"{foreign[:3]}); write one with `python -m "
+                              "vqathinker_jax.tools.convert_slowfast IN OUT`")
+      files.key_file.update(sf_files.key_file)
+    stored = _canonical(files.keys(), layout)
+    cfg = config_from_hf(config, has_lm_head="language_model.lm_head.weight" in stored,
+                         motion=motion_config(config, {k: files.shape(v) for k, v in stored.items()}),
+                         path=path, dtype=dtype, param_dtype=param_dtype,
+                         image_token_id=image_token_id, attention=attention,
+                         scan_layers=scan_layers, drop_path_rate=drop_path_rate)
+    wmap = weight_map(cfg, layout)
+    fresh = {}
+    if cfg.motion is not None and not any(k.startswith(MOTION_PREFIX) for k in stored):
+      # InternVL3 + SlowFast, before VQAThinker training: motion_mlp starts from scratch.
+      fresh = _fresh_motion_mlp(cfg, seed)
+      wmap = {k: v for k, v in wmap.items() if k not in fresh}
+    ignorable = lambda key: _ignorable(key, cfg, layout)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: internvl.InternVL(cfg, nnx.Rngs(0))))
 
   needed = {key for key, _, _ in wmap.values()}
   missing = sorted(needed - set(stored))
-  unexpected = sorted(k for k in set(stored) - needed if not _ignorable(k, cfg, layout))
+  unexpected = sorted(k for k in set(stored) - needed if not ignorable(k))
   if missing or unexpected:
     msg = [f"checkpoint {path} ({layout} layout) does not match its config.json:"]
     if missing:
@@ -501,7 +536,6 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
     raise CheckpointError("\n  ".join(msg))
 
   mesh = mesh or sharding.single_device_mesh()
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: internvl.InternVL(cfg, nnx.Rngs(0))))
   shardings = sharding.param_shardings(abstract, mesh, rules)
   flat_shardings = dict(nnx.to_flat_state(shardings))
 
@@ -590,14 +624,19 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   """
   path = epath.Path(path)  # a local directory or gs://...
   out_dtype = np.dtype(DTYPES[dtype or cfg.param_dtype])
-  wmap = weight_map(cfg, "hf")
+  wmap = _family(cfg).weight_map(cfg) if cfg.family != "internvl" else weight_map(cfg, "hf")
   flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m))}
   extra = sorted(set(flat) - set(wmap))
   if extra:
     raise CheckpointError(f"parameters with no transformers name: {', '.join(extra[:10])}")
-  order = sorted(wmap, key=lambda o: wmap[o][0])
-  shapes = {o: _checkpoint_shape(o, flat[o].shape, cfg) for o in order}  # padding cut
-  sizes = [(o, math.prod(shapes[o]) * out_dtype.itemsize) for o in order]
+  # Checkpoint key -> our parameters in part order (a fused tensor, e.g. Qwen's vision
+  # qkv, is several of ours stacked on its first axis).
+  by_key: dict[str, list[str]] = {}
+  for ours in sorted(wmap, key=lambda o: (wmap[o][0], (wmap[o][2] or (0, 1))[0])):
+    by_key.setdefault(wmap[ours][0], []).append(ours)
+  shapes = {o: _checkpoint_shape(o, flat[o].shape, cfg) for o in wmap}  # padding cut
+  sizes = [(key, sum(math.prod(shapes[o]) for o in ours) * out_dtype.itemsize)
+           for key, ours in by_key.items()]
   groups = list(_shards(sizes, max_shard_bytes))
   writer = jax.process_index() == 0
   if writer:
@@ -607,10 +646,13 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   index = {}
   for name, group in zip(names, groups):
     tensors = {}
-    for ours in group:
-      key, kind, _ = wmap[ours]
-      host = _host_array(flat[ours][...])[tuple(slice(0, n) for n in shapes[ours])]
-      tensors[key] = np.ascontiguousarray(FROM_OURS[kind](host)).astype(out_dtype)
+    for key in group:
+      parts = []
+      for ours in by_key[key]:
+        host = _host_array(flat[ours][...])[tuple(slice(0, n) for n in shapes[ours])]
+        parts.append(_from_ours(wmap[ours][1])(host))
+      tensors[key] = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1
+                                          else parts[0]).astype(out_dtype)
       index[key] = name
     if writer:
       _write_safetensors(tensors, path / name)
@@ -620,8 +662,10 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
     total = sum(n for _, n in sizes)
     (path / INDEX_FILE).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(index.items()))}, indent=2))
-  hf = config_to_hf(cfg)
-  hf["dtype"] = hf["text_config"]["dtype"] = out_dtype.name
+  hf = _family(cfg).config_to_hf(cfg) if cfg.family != "internvl" else config_to_hf(cfg)
+  hf["dtype"] = out_dtype.name
+  if "text_config" in hf:
+    hf["text_config"]["dtype"] = out_dtype.name
   (path / "config.json").write_text(json.dumps(hf, indent=2))
   if tokenizer_from is not None:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -635,7 +679,8 @@ def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
                     rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
                     slowfast_weights=None, seed: int = 0, attention: str = "auto",
                     scan_layers: bool = False, drop_path_rate: float = 0.0):
-  """Load a local Hugging Face InternVL directory (either layout) onto ``mesh``.
+  """Load a local Hugging Face InternVL directory (either layout) or Qwen2.5-VL directory
+  (`model_type: qwen2_5_vl`; `qwen_vl.Qwen25VL`, `qwen_checkpoint`) onto ``mesh``.
 
   Returns ``(model, cfg)``. ``dtype`` is the compute dtype; parameters are stored in
   ``param_dtype`` (default: the same). A checkpoint holding `motion_mlp.*` and
@@ -654,5 +699,6 @@ def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
 
 
 def save_pretrained(m: internvl.InternVL, cfg: ModelConfig, path, **kwargs) -> None:
-  """Write ``m`` as a transformers `InternVLForConditionalGeneration` directory."""
+  """Write ``m`` as a transformers `InternVLForConditionalGeneration` (or, for Qwen2.5-VL,
+  `Qwen2_5_VLForConditionalGeneration`) directory."""
   save(m, cfg, path, **kwargs)

@@ -38,8 +38,11 @@ def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array)
 def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False) -> None:
   """Checks with messages that name the problem, before anything compiles.
 
-  Shapes are checked always; slot counts only when `input_ids` is concrete.
+  Shapes are checked always; slot counts only when `input_ids` is concrete. A Qwen2.5-VL
+  config's inputs are checked by `qwen_vl.check_inputs`.
   """
+  if cfg.family != "internvl":
+    return module_class(cfg).check_inputs(cfg, input_ids, pixel_values, train)
   if input_ids is None:
     return
   if np.ndim(input_ids) != 2:
@@ -140,6 +143,14 @@ class InternVL(nnx.Module):
     return merge_visual(x_BTD, is_visual_BT,
                         self.visual_tokens(pixel_values, train, drop_key, remat))
 
+  def prompt_positions(self, input_ids_BP, attention_mask_BP, pixel_values=None):
+    """(positions [B, P]: 0, 1, ... over the unmasked tokens; each row's next position
+    [B], its length; a static bound on it, P). The RL code asks the model, because
+    Qwen2.5-VL's are 3-D (`qwen_vl.Qwen25VL.prompt_positions`)."""
+    del pixel_values
+    mask_BP = jnp.asarray(attention_mask_BP).astype(jnp.int32)
+    return llm.positions_from_mask(mask_BP), jnp.sum(mask_BP, axis=1), input_ids_BP.shape[1]
+
   def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
                     train: bool = False, slots_BT=None, remat: str = "off",
                     drop_key: jax.Array | None = None) -> jax.Array:
@@ -181,9 +192,19 @@ def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask, train):
   return m.forward(input_ids, pixel_values, attention_mask, train)
 
 
+def module_class(cfg) -> type:
+  """The model class of ``cfg``'s family (`ModelConfig`: InternVL; `qwen_vl.QwenVLConfig`:
+  Qwen2.5-VL)."""
+  if cfg.family == "qwen2_5_vl":
+    from vqathinker_jax.model import qwen_vl  # it imports this module
+    return qwen_vl.Qwen25VL
+  return InternVL
+
+
 def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
          rules=sharding.DEFAULT_RULES) -> InternVL:
-  """A randomly initialised model whose parameters are created already sharded."""
+  """A randomly initialised model of ``cfg``'s family whose parameters are created
+  already sharded."""
   mesh = mesh or sharding.single_device_mesh()
   graphdef, create = _init_program(cfg, mesh, tuple(rules.items()))
   return nnx.merge(graphdef, create(np.int64(seed)))  # the key jax.random.key(seed) gives
@@ -192,7 +213,7 @@ def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
 def abstract_state(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
   """(graphdef, the state's shapes, their shardings on ``mesh``): the model as `init`
   creates it, without creating anything (`tools/aot` compiles from it)."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: InternVL(cfg, nnx.Rngs(0))))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: module_class(cfg)(cfg, nnx.Rngs(0))))
   return graphdef, abstract, sharding.param_shardings(abstract, mesh, dict(rules))
 
 
@@ -202,6 +223,6 @@ def _init_program(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple):
   is an argument, so other seeds (and other callers) reuse the program."""
   graphdef, _, shardings = abstract_state(cfg, mesh, rules)
   # Under jit with out_shardings, each device materialises only its own shard.
-  create = jax.jit(lambda seed: nnx.state(InternVL(cfg, nnx.Rngs(jax.random.key(seed)))),
+  create = jax.jit(lambda seed: nnx.state(module_class(cfg)(cfg, nnx.Rngs(jax.random.key(seed)))),
                    out_shardings=shardings)
   return graphdef, create

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqathinker_jax.model import layers
+from vqathinker_jax.model import layers, mrope
 from vqathinker_jax.model.config import DTYPES, TextConfig
 
 Cache = list  # per layer {"k": [B, S, K, E], "v": [B, S, K, E]}
@@ -49,6 +49,16 @@ def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float):
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
   freqs = jnp.concatenate([freqs, freqs], -1)
   return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def positions_cos_sin(positions, cfg: TextConfig):
+  """cos and sin [B, T, E] of ``positions``: [B, T] (1-D RoPE), or [3, B, T] (t, h, w) with
+  `cfg.mrope_section` set (Qwen2.5-VL's multimodal RoPE, `mrope.mrope_cos_sin`)."""
+  if positions.ndim == 3:
+    if cfg.mrope_section is None:
+      raise ValueError("3-D positions need TextConfig.mrope_section (a Qwen2.5-VL decoder)")
+    return mrope.mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+  return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
 
 
 def rotate(x_BTHE: jax.Array, cos_BTE: jax.Array, sin_BTE: jax.Array) -> jax.Array:
@@ -87,8 +97,7 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache=None, cache_index=None):
     B, T, _ = x_BTD.shape
     H, E = self.cfg.num_heads, self.cfg.head_dim
-    q_BTHE, k_BTKE, v_BTKE = self.project(
-        x_BTD, *rope_cos_sin(positions_BT, E, self.cfg.rope_theta))
+    q_BTHE, k_BTKE, v_BTKE = self.project(x_BTD, *positions_cos_sin(positions_BT, self.cfg))
     if cache is not None:
       write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
           buf, new.astype(buf.dtype), cache_index, axis=1)

@@ -148,3 +148,48 @@ def mrope_cos_sin(position_ids_3BL, head_dim: int, theta: float,
   freqs_BLF = pos_BLF * inv_freq_F
   freqs_BLE = jnp.concatenate([freqs_BLF, freqs_BLF], -1)
   return jnp.cos(freqs_BLE), jnp.sin(freqs_BLE)
+
+
+def grid_rope_index(input_ids_BL, attention_mask_BL, *, grid_thw: Sequence[int],
+                    second_per_grid_t: float | None, token_id: int, spatial_merge_size: int = 2,
+                    tokens_per_second: int = 2):
+  """`rope_index` under `jit`, for prompts whose vision items are all of one kind and one
+  static grid (our pipeline: every clip has the same frame count and size): positions
+  [3, B, L] and, per row, the next position (its max + 1, where decoding starts) [B], int32.
+
+  ``token_id``: the items' pad token (<|video_pad|>; <|image_pad|> with
+  ``second_per_grid_t`` None). Each run of `grid`-sized blocks of it is one item (the
+  prompt template puts each after a <|vision_start|>). With n the token's index among its row's unmasked tokens, c
+  the pad tokens up to and including it, S = t·h·w/m² and W = the item's extent + 1
+  (max of `vision_positions` + 1): a text token sits at n - c + (c / S)·W; the r-th pad
+  token of item j at its item's start (n - r) - j·S + j·W, plus `vision_positions`' r-th
+  column. Masked slots hold 1, as in `rope_index`.
+  """
+  table_3S = vision_positions(grid_thw, start=0, second_per_grid_t=second_per_grid_t,
+                              spatial_merge_size=spatial_merge_size,
+                              tokens_per_second=tokens_per_second)
+  S, W = table_3S.shape[1], int(table_3S.max()) + 1
+  valid_BL = jnp.asarray(attention_mask_BL).astype(bool)
+  n_BL = jnp.cumsum(valid_BL, axis=1, dtype=jnp.int32) - 1
+  pad_BL = (jnp.asarray(input_ids_BL) == token_id) & valid_BL
+  c_BL = jnp.cumsum(pad_BL, axis=1, dtype=jnp.int32)
+  text_BL = n_BL - c_BL + (c_BL // S) * W
+  k_BL = jnp.maximum(c_BL - 1, 0)
+  j_BL, r_BL = k_BL // S, k_BL % S
+  start_BL = (n_BL - r_BL) - j_BL * S + j_BL * W
+  vis_3BL = start_BL[None] + jnp.asarray(table_3S, jnp.int32)[:, r_BL]
+  pos_3BL = jnp.where(pad_BL[None], vis_3BL, text_BL[None])
+  pos_3BL = jnp.where(valid_BL[None], pos_3BL, 1)
+  next_B = jnp.max(jnp.where(valid_BL[None], pos_3BL, -1), axis=(0, 2)) + 1
+  return pos_3BL.astype(jnp.int32), next_B.astype(jnp.int32)
+
+
+def grid_position_slack(grid_thw: Sequence[int], second_per_grid_t: float | None, items: int, *,
+                        spatial_merge_size: int = 2, tokens_per_second: int = 2) -> int:
+  """How far past its length L a prompt with ``items`` such videos can place its next
+  position (`grid_rope_index`'s next - L, at most): 0 when each item's extent is at
+  most its token count (real frames), else the excess (a video of few tokens a grid)."""
+  table_3S = vision_positions(grid_thw, start=0, second_per_grid_t=second_per_grid_t,
+                              spatial_merge_size=spatial_merge_size,
+                              tokens_per_second=tokens_per_second)
+  return items * max(0, int(table_3S.max()) + 1 - table_3S.shape[1])

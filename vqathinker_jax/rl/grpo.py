@@ -96,20 +96,26 @@ class GRPOConfig:
 
 # ------------------------------------------------------------------------- packing ---
 
-def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC):
-  """`[prompt | c1 | ... | cG]` per video: ids [B, L], positions [B, L], the attention
-  pattern (`layers.PrefixGroupMask`), prompt slots [B, L] (where visual tokens may go),
-  and for each completion token the packed index whose hidden state predicts it,
-  src [B, G, C]."""
+def pack(prompt_ids_BP, prompt_mask_BP, completions_BGC, prompt_positions=None):
+  """`[prompt | c1 | ... | cG]` per video: ids [B, L], positions [B, L] (or [3, B, L]),
+  the attention pattern (`layers.PrefixGroupMask`), prompt slots [B, L] (where visual
+  tokens may go), and for each completion token the packed index whose hidden state
+  predicts it, src [B, G, C]. ``prompt_positions``: (the prompts' positions, each row's
+  next position [B]) from the model's `prompt_positions` (default: 1-D, 0, 1, ... over
+  the unmasked tokens, the next one the prompt's length); each completion continues at
+  next + 0, 1, ... (in every row of 3-D positions)."""
   B, P = prompt_ids_BP.shape
   _, G, C = completions_BGC.shape
   L = P + G * C
   plen_B = prompt_mask_BP.astype(jnp.int32).sum(1)
+  if prompt_positions is None:
+    prompt_positions = (llm.positions_from_mask(prompt_mask_BP), plen_B)
+  pos_BP, next_B = prompt_positions
   ids_BL = jnp.concatenate([prompt_ids_BP, completions_BGC.reshape(B, G * C)], axis=1)
-  offset_L = jnp.concatenate([jnp.arange(P), jnp.tile(jnp.arange(C), G)])
+  comp_BM = next_B[:, None] + jnp.tile(jnp.arange(C), G)[None]
+  pos_BL = jnp.concatenate([pos_BP, jnp.broadcast_to(comp_BM, pos_BP.shape[:-1] + (G * C,))],
+                           axis=-1)
   is_prompt_L = jnp.arange(L) < P
-  pos_BL = jnp.where(is_prompt_L, jnp.minimum(offset_L, plen_B[:, None] - 1),
-                     plen_B[:, None] + offset_L)
   mask = layers.PrefixGroupMask(prompt_mask_BP.astype(bool), groups=G, group_len=C)
   c_idx = P + jnp.arange(G)[:, None] * C + jnp.arange(C)[None, :]  # [G, C]
   src_BGC = jnp.where(jnp.arange(C)[None, None, :] == 0, plen_B[:, None, None] - 1,
@@ -126,7 +132,8 @@ def token_logprobs(model, prompt_ids_BP, prompt_mask_BP, pixel_values, completio
   in the backward pass) so [B, G·C, V] logits never exist at once. ``drop_key``: the
   ViT's drop-path masks (one ViT pass per video, shared by its G completions)."""
   B, G, C = completions_BGC.shape
-  packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC)
+  positions, next_B, _ = model.prompt_positions(prompt_ids_BP, prompt_mask_BP, pixel_values)
+  packed = pack(prompt_ids_BP, prompt_mask_BP, completions_BGC, (positions, next_B))
   h_BLD = model.hidden_states(packed["ids"], pixel_values, packed["positions"], packed["mask"],
                               train=train, slots_BT=packed["slots"], remat=remat,
                               drop_key=drop_key)

@@ -221,22 +221,25 @@ def _sample_rows(logits_NV, uniform_N1, temperature, *, top_k, top_p, greedy):
 
 
 def prefill(model: model_lib.InternVL, input_ids_BP, attention_mask_BP, pixel_values=None, *,
-            num_generations: int = 1, train: bool = False, drop_key: jax.Array | None = None):
+            num_generations: int = 1, train: bool = False, drop_key: jax.Array | None = None,
+            positions=None):
   """Each prompt's KV cache, computed once, and its next-token logits for its G rows.
 
   Returns ``(prompt_cache, logits_NV)``: per layer ``{"k", "v"}: [B, K, P, E]``. The
   cache is not repeated: `llm.Qwen2.decode` attends the G rows of a video to the same prompt
   keys, so prompt KV is stored and read once per video rather than G times.
   ``drop_key``: the ViT's drop-path masks (`InternVL.visual_tokens`), so the G rows of a
-  video share them; None (evaluation) for none.
+  video share them; None (evaluation) for none. ``positions``: the prompts' RoPE
+  positions (default: the model's `prompt_positions`, [B, P], or [3, B, P] for Qwen2.5-VL).
   """
   ids_BP = sharding.constrain_batch(jnp.asarray(input_ids_BP))
   mask_BP = sharding.constrain_batch(jnp.asarray(attention_mask_BP).astype(jnp.int32))
   B, P = ids_BP.shape
   x_BPD = model.embed(ids_BP, pixel_values, train, drop_key=drop_key)
   cache = llm.init_cache(model.cfg.text, B, P, DTYPES[model.cfg.dtype])
-  h_BPD, cache = model.llm(x_BPD, llm.positions_from_mask(mask_BP), layers.CausalMask(mask_BP),
-                           cache, 0)
+  if positions is None:
+    positions = model.prompt_positions(ids_BP, mask_BP, pixel_values)[0]
+  h_BPD, cache = model.llm(x_BPD, positions, layers.CausalMask(mask_BP), cache, 0)
   last_B = jnp.sum(mask_BP, axis=1) - 1
   h_B1D = jnp.take_along_axis(h_BPD, last_B[:, None, None], axis=1)
   logits_BV = model.llm.logits(h_B1D)[:, 0]
@@ -267,9 +270,11 @@ def decoder(model: model_lib.InternVL, layout: str = "gathered") -> llm.Qwen2:
 def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP, rng, *,
            max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
            greedy: bool = False, stop_ids=DEFAULT_STOP_IDS, pad_id: int = 0,
-           lm: llm.Qwen2 | None = None):
+           lm: llm.Qwen2 | None = None, next_position_B=None, max_position: int | None = None):
   """Sample up to ``max_new_tokens`` after `prefill` (see `generate`); the loop reads
-  ``lm`` (default: `decoder` of ``model``).
+  ``lm`` (default: `decoder` of ``model``). The first new token of video b sits at position
+  ``next_position_B[b]`` (default: its prompt length; Qwen2.5-VL's is its max 3-D position
+  + 1), at most ``max_position`` (static; default: the prompt block's length).
 
   On a purely data-parallel mesh (only ``data`` splits, so every device holds the whole
   decoder), each device runs the loop over its own videos (`shard_map`): no device waits
@@ -285,7 +290,11 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
   loop = functools.partial(_decode_loop, max_new_tokens=C, temperature=temperature,
                            top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=stop_ids,
                            pad_id=pad_id)
-  args = (prompt_cache, logits_NV, attention_mask_BP, uniform_NC1)
+  if next_position_B is None:
+    next_position_B = jnp.sum(jnp.asarray(attention_mask_BP).astype(jnp.int32), axis=1)
+  loop = functools.partial(loop, rope_length=(max_position or attention_mask_BP.shape[1]) + C)
+  args = (prompt_cache, logits_NV, attention_mask_BP, uniform_NC1,
+          sharding.constrain_batch(jnp.asarray(next_position_B, jnp.int32)))
   lm = decoder(model) if lm is None else lm
   mesh = jax.sharding.get_abstract_mesh()
   per_shard = (sharding.batch_axes() == ("data",) and mesh.shape.get("tensor", 1) == 1
@@ -297,22 +306,22 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
   local = lambda state, *args: loop(nnx.merge(graphdef, state), *args)
   # No collective inside, so no varying-axes bookkeeping (the loop's zero-initialised
   # carries would otherwise need marking as per-device).
-  return jax.shard_map(local, in_specs=(whole, spec, spec, spec, spec), out_specs=spec,
+  return jax.shard_map(local, in_specs=(whole, spec, spec, spec, spec, spec), out_specs=spec,
                        axis_names={"data"}, check_vma=False)(state, *args)
 
 
-def _decode_loop(lm: llm.Qwen2, prompt_cache, logits_NV, attention_mask_BP, uniform_NC1, *,
-                 max_new_tokens, temperature, top_k, top_p, greedy, stop_ids, pad_id):
+def _decode_loop(lm: llm.Qwen2, prompt_cache, logits_NV, attention_mask_BP, uniform_NC1,
+                 next_position_B, *, max_new_tokens, temperature, top_k, top_p, greedy,
+                 stop_ids, pad_id, rope_length):
   """`decode` on the rows at hand (one data shard, or all)."""
   N, B = logits_NV.shape[0], attention_mask_BP.shape[0]
   C = max_new_tokens
   prompt_valid_BP = attention_mask_BP.astype(bool)
-  prompt_len_N = sharding.constrain_batch(
-      jnp.repeat(jnp.sum(attention_mask_BP.astype(jnp.int32), axis=1), N // B))
+  next_N = sharding.constrain_batch(jnp.repeat(next_position_B, N // B))
   stop_ids = jnp.asarray(tuple(stop_ids) or (-1,), jnp.int32)
   text = lm.cfg
-  rope_table = llm.rope_cos_sin(jnp.arange(attention_mask_BP.shape[1] + C), text.head_dim,
-                                text.rope_theta)
+  # Generated tokens are text: t = h = w, so Qwen2.5-VL's M-RoPE is this 1-D table too.
+  rope_table = llm.rope_cos_sin(jnp.arange(rope_length), text.head_dim, text.rope_theta)
   cache = [{name: sharding.constrain_batch(
       jnp.zeros((N, text.num_kv_heads, C, text.head_dim), prompt_cache[0]["k"].dtype))
       for name in ("k", "v")} for _ in range(text.num_layers)]
@@ -333,8 +342,8 @@ def _decode_loop(lm: llm.Qwen2, prompt_cache, logits_NV, attention_mask_BP, unif
 
   def body(carry):
     t, cache, token_N, tokens_NC, logprobs_NC, done_N, lengths_N = carry
-    # Feed token t-1 (completion slot t-1, position prompt_len+t-1); read the logits of t.
-    logits_NV, cache = lm.decode(token_N, prompt_len_N + t - 1, prompt_cache,
+    # Feed token t-1 (completion slot t-1, position next+t-1); read the logits of t.
+    logits_NV, cache = lm.decode(token_N, next_N + t - 1, prompt_cache,
                                  prompt_valid_BP, cache, t - 1, rope_table)
     cache = jax.tree.map(sharding.constrain_batch, cache)
     token_N, logprob_N = draw_t(sharding.constrain_batch(logits_NV), t)
@@ -374,14 +383,17 @@ def generate(model: model_lib.InternVL, input_ids_BT, attention_mask_BT, pixel_v
   ``drop_key``: the ViT's drop-path in the prefill (the GRPO rollout, whose policy the
   reference samples in train mode); None, as every evaluation call, for none.
   """
+  mask_BT = sharding.constrain_batch(jnp.asarray(attention_mask_BT))
+  positions, next_B, max_position = model.prompt_positions(
+      sharding.constrain_batch(jnp.asarray(input_ids_BT)), mask_BT, pixel_values)
   prompt_cache, logits_NV = prefill(model, input_ids_BT, attention_mask_BT, pixel_values,
                                     num_generations=num_generations, train=train,
-                                    drop_key=drop_key)
-  mask_BT = sharding.constrain_batch(jnp.asarray(attention_mask_BT))
+                                    drop_key=drop_key, positions=positions)
   return decode(model, prompt_cache, logits_NV, mask_BT, rng, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                 stop_ids=stop_ids, pad_id=pad_id,
-                lm=decoder(model, layout) if lm is None else lm)
+                lm=decoder(model, layout) if lm is None else lm, next_position_B=next_B,
+                max_position=max_position)
 
 
 def _static(num_generations: int = 1, *, max_new_tokens: int, top_k: int = 0,
