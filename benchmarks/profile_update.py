@@ -1,7 +1,10 @@
-"""Where the GRPO update's time goes on this machine: an XLA profile of it, by op class.
+"""Where the GRPO update's (or the rollout's) time goes on this machine: an XLA profile of
+it, by op class.
 
     python benchmarks/profile_update.py --shape internvl3_1b --layers 4 --remat full \
         --out benchmarks/results/profile_update_internvl3_1b.json
+    python benchmarks/profile_update.py --program rollout --shape internvl3_1b --layers 4 \
+        --out benchmarks/results/profile_rollout_internvl3_1b.json
 
 The model has the shape's real widths at ``--layers`` ViT blocks and decoder layers (every
 layer is the same program, so the per-layer mix of operations is the full model's; the LM
@@ -12,8 +15,11 @@ is compiled, run once untimed, then timed ``--runs`` times and profiled once wit
 compiled HLO: its class (matmul: a fusion or custom call holding a dot or convolution;
 copy/transpose; gather/scatter/slice; reduce; elementwise) and, for matmuls, the FLOPs of
 its dots from their shapes. The JSON gives per class the summed time and, for matmuls, the
-FLOP rate against a float32 matmul timed in the same process (the peak), plus the slowest
-operations, and XLA's memory account of the compiled update.
+FLOP rate against a float32 matmul timed in the same process (the peak) and the bytes
+its dots read and write (operands and output: a decode step's dots are bound by them),
+plus the slowest operations and XLA's memory account of the compiled program. With
+``--program rollout``: `rollout.generate` (prefill + C decode steps, no early stop), with a
+STREAM-style copy's bandwidth measured in the same process.
 
 Legend: B videos, G completions per video, C new tokens, T frames, P prompt tokens.
 """
@@ -24,6 +30,7 @@ import collections
 import dataclasses
 import glob
 import math
+import os
 import pathlib
 import re
 import statistics
@@ -43,6 +50,7 @@ _VIDEOS = flags.DEFINE_integer("videos", 2, "B")
 _GENERATIONS = flags.DEFINE_integer("generations", 4, "G")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "C (every completion this long)")
 _FRAMES = flags.DEFINE_integer("frames", 6, "T")
+_PROGRAM = flags.DEFINE_enum("program", "update", ["update", "rollout"], "what to profile")
 _REMAT = flags.DEFINE_enum("remat", "full", ["off", "full", "save_dots"], "what each layer keeps")
 _RUNS = flags.DEFINE_integer("runs", 2, "timed updates (besides the profiled one)")
 _TOP = flags.DEFINE_integer("top", 15, "slowest operations listed")
@@ -60,23 +68,28 @@ def hlo_index(hlo: str) -> dict[str, dict]:
   for line in hlo.splitlines():
     head = re.match(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s*->.*\{\s*$", line)
     if head:
-      cur = comps.setdefault(head.group(1), {"ops": set(), "flops": 0.0})
+      cur = comps.setdefault(head.group(1), {"ops": set(), "flops": 0.0, "bytes": 0.0})
       continue
     m = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$", line)
     if not m or cur is None:
       continue
     name, out_type, op, rest = m.groups()
     types[name] = out_type
-    flops = _dot_flops(out_type, rest, types) if op in ("dot", "convolution") else 0.0
+    dot = op in ("dot", "convolution")
+    flops = _dot_flops(out_type, rest, types) if dot else 0.0
+    moved = _dot_bytes(out_type, rest, types) if dot else 0.0
     calls = re.search(r"calls=%?([\w.\-]+)", rest)
-    instr[name] = {"op": op, "calls": calls.group(1) if calls else None, "flops": flops}
+    instr[name] = {"op": op, "calls": calls.group(1) if calls else None, "flops": flops,
+                   "bytes": moved}
     cur["ops"].add(op)
     cur["flops"] += flops
+    cur["bytes"] += moved
   out = {}
   for name, d in instr.items():
     body = comps.get(d["calls"]) if d["calls"] and d["op"] not in _CONTROL else None
     out[name] = {"op": d["op"], "ops": body["ops"] if body else {d["op"]},
-                 "flops": body["flops"] if body else d["flops"]}
+                 "flops": body["flops"] if body else d["flops"],
+                 "bytes": body["bytes"] if body else d["bytes"]}
   return out
 
 
@@ -94,6 +107,20 @@ def _dot_flops(out_type: str, rest: str, types: dict) -> float:
     return 0.0
   k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
   return 2.0 * math.prod(_dims(out_type)) * k
+
+
+_ITEM_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "s8": 1, "u8": 1, "pred": 1}
+
+
+def _bytes(type_text: str) -> float:
+  m = re.match(r"\s*(\w+)\[", type_text)
+  return math.prod(_dims(type_text)) * _ITEM_BYTES.get(m.group(1), 4) if m else 0.0
+
+
+def _dot_bytes(out_type: str, rest: str, types: dict) -> float:
+  """The least bytes a dot moves: its two operands read, its output written."""
+  names = re.findall(r"%([\w.\-]+)", rest.split(")")[0])[:2]
+  return sum(_bytes(types.get(n, "")) for n in names) + _bytes(out_type)
 
 
 def op_class(ops: set[str]) -> str:
@@ -127,7 +154,7 @@ def profile_events(trace_dir: str) -> list[tuple[str, float]]:
 
 
 def breakdown(events, index: dict, wall_s: float, peak_flops: float, top: int) -> dict:
-  by_class = collections.defaultdict(lambda: {"s": 0.0, "count": 0, "flops": 0.0})
+  by_class = collections.defaultdict(lambda: {"s": 0.0, "count": 0, "flops": 0.0, "bytes": 0.0})
   by_name = collections.defaultdict(lambda: {"s": 0.0, "count": 0})
   for name, s in events:
     d = index.get(name)
@@ -140,6 +167,7 @@ def breakdown(events, index: dict, wall_s: float, peak_flops: float, top: int) -
     c["s"] += s
     c["count"] += 1
     c["flops"] += d["flops"]
+    c["bytes"] += d["bytes"]
     by_name[name]["s"] += s
     by_name[name]["count"] += 1
   total = sum(c["s"] for c in by_class.values())
@@ -150,6 +178,8 @@ def breakdown(events, index: dict, wall_s: float, peak_flops: float, top: int) -
       row["tflop"] = round(c["flops"] / 1e12, 3)
       row["gflops_per_s"] = round(c["flops"] / c["s"] / 1e9, 1)
       row["fraction_of_matmul_peak"] = round(c["flops"] / c["s"] / peak_flops, 3)
+      row["gb"] = round(c["bytes"] / 1e9, 3)
+      row["gb_per_s"] = round(c["bytes"] / c["s"] / 1e9, 2)
     classes[cls] = row
   slowest = []
   for name, c in sorted(by_name.items(), key=lambda kv: -kv[1]["s"])[:top]:
@@ -198,67 +228,106 @@ def _build(ckpt, shape, B, G, C, T, remat):
   return steps.make_update_step(graphdef, state, tx, cfg), state, batch, ids.shape[1]
 
 
+def _rollout(ckpt, shape, B, G, C, T):
+  """The rollout alone (`rollout.generate`, prefill + C decode steps; no early stop)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from shapes import prompt_batch
+  from vqathinker_jax import model
+  from vqathinker_jax.rl import rollout
+  policy, _ = model.from_pretrained(ckpt, dtype="float32", param_dtype="float32")
+  graphdef, params = nnx.split(policy)
+  ids, pix = prompt_batch(shape, B, T, 8)
+  args = (params, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), jnp.asarray(pix),
+          jax.random.key(0))
+
+  def fn(params, ids, mask, pix, rng):
+    return rollout.generate(nnx.merge(graphdef, params), ids, mask, pix, rng=rng,
+                            num_generations=G, max_new_tokens=C, temperature=1.0, top_k=0,
+                            top_p=1.0, stop_ids=(), train=False)["tokens_NC"]
+  return jax.jit(fn), args, ids.shape[1]
+
+
 def main(argv):
   del argv
   _timing.apply_xla_flags()
   import jax
-  from shapes import SHAPES, make_checkpoint, update_flops
+  from shapes import SHAPES, decode_bytes, make_checkpoint, update_flops
   from grpo_ours import as_in_training
   as_in_training(jax)
   full = SHAPES[_SHAPE.value]
   shape = _reduced(full, _LAYERS.value)
   B, G, C, T = _VIDEOS.value, _GENERATIONS.value, _NEW_TOKENS.value, _FRAMES.value
-  report = {"benchmark": "profile_update", **_timing.provenance(), "shape": shape.name,
+  program = _PROGRAM.value
+  report = {"benchmark": f"profile_{program}", **_timing.provenance(), "shape": shape.name,
             "work": {"videos": B, "generations": G, "new_tokens": C, "frames": T,
-                     "remat": _REMAT.value, "layers": _LAYERS.value or "all",
-                     "dtype": "float32", "beta": 0.0}}
+                     "layers": _LAYERS.value or "all", "dtype": "float32",
+                     **({"remat": _REMAT.value, "beta": 0.0} if program == "update" else {})}}
   with tempfile.TemporaryDirectory() as tmp:
     ckpt = make_checkpoint(shape, pathlib.Path(tmp) / "ckpt")
-    step, state, batch, P = _build(ckpt, shape, B, G, C, T, _REMAT.value)
-  mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+    if program == "update":
+      step, state, batch, P = _build(ckpt, shape, B, G, C, T, _REMAT.value)
+      fn, args = step, (state, batch)
+    else:
+      fn, args, P = _rollout(ckpt, shape, B, G, C, T)
+  mesh = jax.tree.leaves(args[0])[0].sharding.mesh
   with jax.set_mesh(mesh):
     start = time.perf_counter()
-    step = step.lower(state, batch).compile()
+    compiled = fn.lower(*args).compile()
     report["compile_s"] = round(time.perf_counter() - start, 2)
-    hlo = step.as_text()
-    mem = step.memory_analysis()
+    hlo = compiled.as_text()
+    mem = compiled.memory_analysis()
     report["memory_gb"] = {"temporaries": round(mem.temp_size_in_bytes / 1e9, 2),
                            "arguments": round(mem.argument_size_in_bytes / 1e9, 2)}
-    start = time.perf_counter()
-    state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    report["first_call_s"] = round(time.perf_counter() - start, 2)
-    times = []
-    for _ in range(_RUNS.value):
+    holder = {"args": args}
+
+    def run():
+      out = compiled(*holder["args"])
+      if program == "update":  # the state is donated: the next call takes the new one
+        holder["args"] = (out[0], holder["args"][1])
+      jax.block_until_ready(out)
+
+    def timed():
       start = time.perf_counter()
-      state, _ = step(state, batch)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - start)
-    trace = tempfile.mkdtemp(prefix="profile_update_")
+      run()
+      return time.perf_counter() - start
+
+    report["first_call_s"] = round(timed(), 2)
+    times = [timed() for _ in range(_RUNS.value)]
+    trace = tempfile.mkdtemp(prefix=f"profile_{program}_")
     jax.profiler.start_trace(trace)
-    start = time.perf_counter()
-    state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - start
+    wall = timed()
     jax.profiler.stop_trace()
-  report["update_s"] = _timing.summary(times, 3) if times else None
-  # The peak in the same process, after the update (the same threads, warm).
+  report[f"{program}_s"] = _timing.summary(times, 3) if times else None
+  # The limits in the same process, after the program (the same threads, warm).
   mm = _timing.matmul_call(4096)
   mm(0)
   ts = []
   for i in range(5):
     s0 = time.perf_counter()
-    mm(i)
+    mm(i + 1)
     ts.append(time.perf_counter() - s0)
   peak = 2 * 4096 ** 3 / statistics.median(ts)
   report["matmul_peak_gflops"] = round(peak / 1e9, 1)
-  flops = update_flops(shape, B, G, P, C, T, 0.0)
-  report["model_tflop"] = round(flops / 1e12, 3)
   report["prompt_tokens"] = P
   report["profile"] = breakdown(profile_events(trace), hlo_index(hlo), wall, peak, _TOP.value)
   dots = report["profile"]["classes"].get("matmul", {})
-  report["profile"]["executed_matmul_tflop_over_model"] = (
-      round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
+  if program == "update":
+    flops = update_flops(shape, B, G, P, C, T, 0.0)
+    report["model_tflop"] = round(flops / 1e12, 3)
+    report["profile"]["executed_matmul_tflop_over_model"] = (
+        round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
+  else:
+    copy = _timing.copy_call(1024, threads=len(os.sched_getaffinity(0)))
+    copy(0)
+    ts = []
+    for i in range(5):
+      s0 = time.perf_counter()
+      copy(i + 1)
+      ts.append(time.perf_counter() - s0)
+    report["copy_bandwidth_gbs"] = round(2 * 1024 * 2 ** 20 / statistics.median(ts) / 1e9, 2)
+    report["decode_least_bytes_gb"] = round(decode_bytes(shape, 4, B, G, P, C) / 1e9, 4)
   _timing.emit(report, _OUT.value)
 
 

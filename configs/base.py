@@ -16,7 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.compile_cache_dir = "auto"
 
   c.model = m = ml_collections.ConfigDict()
-  m.checkpoint = ""  # local Hugging Face InternVL directory (either layout); "" = random init from `arch`
+  # The backbone: internvl (InternVL3 + VQAThinker's motion token) | qwen2_5_vl (Qwen2.5-VL,
+  # no motion token: docs/method.md §8). A checkpoint must be of this family.
+  m.family = "internvl"
+  m.checkpoint = ""  # local Hugging Face InternVL or Qwen2.5-VL directory; "" = random init from `arch`
   m.slowfast_weights = ""  # converted SlowFast safetensors (tools/convert_slowfast) to add the motion branch
   m.tokenizer = ""  # tokenizer directory ("" = the checkpoint's; "demo" = build the tiny demo tokenizer)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
@@ -27,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   # mode; evaluation never drops): the last block's rate, linspace(0, rate) over the blocks.
   # 0 = off; -1 = the checkpoint's own vision_config.drop_path_rate (docs/method.md §4, §7)
   m.drop_path_rate = 0.0
+  # Qwen2.5-VL only: seconds of video per frame pair of the clips it sees, which sets the
+  # temporal RoPE positions (floor(i · s · 2)); 1.0 = frames sampled at 2 fps (its default).
+  m.second_per_grid_t = 1.0
   m.arch = a = ml_collections.ConfigDict()  # architecture, used only when `checkpoint` is ""
   a.image_token_id = 151667  # <IMG_CONTEXT>
   a.vision_feature_layer = -1  # ViT hidden state fed to the projector (-1: last block)
@@ -50,6 +56,20 @@ def get_config() -> ml_collections.ConfigDict:
   t.intermediate_size = 18944  # SwiGLU width
   t.rope_theta = 1_000_000.0  # rotary base
   t.tie_word_embeddings = False  # LM head shares the embedding matrix
+  a.qwen = q = ml_collections.ConfigDict()  # Qwen2.5-VL's own (family qwen2_5_vl, random init)
+  q.image_token_id = 151655  # <|image_pad|>
+  q.video_token_id = 151656  # <|video_pad|>
+  q.vision_start_token_id = 151652  # <|vision_start|>
+  q.vision_end_token_id = 151653  # <|vision_end|>
+  q.tokens_per_second = 2  # temporal RoPE positions per second of video
+  q.mrope_section = (16, 24, 24)  # M-RoPE frequencies per (t, h, w) row (sums to head_dim / 2)
+  q.vision = qv = ml_collections.ConfigDict()  # the vision tower (Qwen2.5-VL-7B's)
+  qv.depth = 32  # blocks
+  qv.hidden_size = 1280  # width
+  qv.intermediate_size = 3420  # SwiGLU width
+  qv.num_heads = 16  # attention heads
+  qv.window_size = 112  # window-attention side in pixels (8x8 patches)
+  qv.fullatt_block_indexes = (7, 15, 23, 31)  # blocks with full (per frame pair) attention
   a.motion = mo = ml_collections.ConfigDict()  # VQAThinker's SlowFast motion branch (random init)
   mo.enabled = False  # add SlowFast + motion_mlp to a random-init model
   mo.width = 64  # slow stem channels (64 = SlowFast-R50)

@@ -32,6 +32,7 @@ MODES = ("train", "eval", "predict", "smoke")  # config.mode; main dispatches on
 # Choice lists come from the code that takes the value (one source per rule).
 CHOICES = {
     "mode": MODES,
+    "model.family": tok_lib.FAMILIES,
     "model.dtype": tuple(model_config.DTYPES),
     "model.param_dtype": tuple(model_config.DTYPES),
     "model.attention": attention_kernels.IMPLEMENTATIONS,
@@ -413,6 +414,14 @@ def _divisors(n: int) -> list[int]:
 # ----------------------------------------------------------------------- model ---
 
 def _check_model(c: _Checker) -> None:
+  if c.get("model.family") == "qwen2_5_vl":
+    for path in ("model.slowfast_weights", "model.arch.motion.enabled"):
+      if c.get(path) not in ("", False, None):
+        c.bad(path, "the motion branch is InternVL's; config.model.family=qwen2_5_vl runs "
+              "without it (docs/method.md §8)")
+  spg = c.num("model.second_per_grid_t")
+  if spg is not None and not spg > 0:
+    c.bad("model.second_per_grid_t", "must be > 0 (seconds of video per frame pair)")
   rate = c.num("model.drop_path_rate")
   if rate is not None and rate != -1 and not 0 <= rate < 1:
     c.bad("model.drop_path_rate", "must be in [0, 1) (the last ViT block's drop-path rate; "

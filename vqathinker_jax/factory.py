@@ -32,12 +32,19 @@ SYNTHETIC = "synthetic"  # the data set name config.data.synthetic builds
 # ImageNet mean / std of uint8 RGB, as the ViT and SlowFast were trained with.
 IMAGENET_MEAN = np.asarray(perturb.IMAGENET_MEAN_RGB, np.float32) * 255
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
+# Qwen2.5-VL's processor normalises with CLIP's (`qwen_inputs.normalize`).
+CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
+CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
+FAMILIES = ("internvl", "qwen2_5_vl")
 
 
-def normalize_frames(frames_BTHWC):
-  """uint8 RGB -> ImageNet-normalised float32; numpy stays on the host, a jax array on
+def normalize_frames(frames_BTHWC, family: str = "internvl"):
+  """uint8 RGB -> float32 normalised as ``family``'s vision tower was trained (ImageNet's
+  mean/std for InternVL, CLIP's for Qwen2.5-VL); numpy stays on the host, a jax array on
   device (the trainer normalises there: a quarter of the bytes to move)."""
-  return (frames_BTHWC.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+  mean, std = ((CLIP_MEAN, CLIP_STD) if family == "qwen2_5_vl" else
+               (IMAGENET_MEAN, IMAGENET_STD))
+  return (frames_BTHWC.astype(np.float32) - mean) / std
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -52,6 +59,8 @@ def model_config(config) -> ModelConfig:
   (-1: the checkpoint's own; with no readable checkpoint, e.g. `tools/aot` on
   placeholder paths, that is 0)."""
   m = config.model
+  if m.get("family", "internvl") == "qwen2_5_vl" or _checkpoint_family(m.checkpoint) == "qwen2_5_vl":
+    return _qwen_config(config)
   drop_path_rate = float(m.get("drop_path_rate", 0.0))
   motion = None
   if m.arch.motion.enabled or m.slowfast_weights:
@@ -76,6 +85,36 @@ def model_config(config) -> ModelConfig:
                      attention=m.attention, scan_layers=m.scan_layers)
 
 
+def _checkpoint_family(checkpoint: str) -> str | None:
+  """The family a local checkpoint's config.json names (None: no readable config)."""
+  path = pathlib.Path(checkpoint) / "config.json" if checkpoint else None
+  if path is None or not path.exists():
+    return None
+  return "qwen2_5_vl" if json.loads(path.read_text()).get("model_type") == "qwen2_5_vl" else "internvl"
+
+
+def _qwen_config(config):
+  """`model_config` for Qwen2.5-VL: the checkpoint's config.json, else `model.arch.text`
+  and `model.arch.qwen`."""
+  from vqathinker_jax.model import qwen_checkpoint, qwen_vision, qwen_vl
+  m = config.model
+  run = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention,
+             scan_layers=m.scan_layers, second_per_grid_t=float(m.second_per_grid_t))
+  path = pathlib.Path(m.checkpoint) if m.checkpoint else None
+  if path is not None and (path / "config.json").exists():
+    hf = json.loads((path / "config.json").read_text())
+    return qwen_checkpoint.config_from_hf(hf, has_lm_head=not hf.get("tie_word_embeddings"),
+                                          **run)
+  q = m.arch.qwen
+  vision = qwen_vision.QwenVisionConfig(**q.vision.to_dict(),
+                                        out_hidden_size=m.arch.text.hidden_size)
+  text = TextConfig(**m.arch.text.to_dict(), mrope_section=tuple(q.mrope_section))
+  return qwen_vl.QwenVLConfig(
+      vision=vision, text=text, image_token_id=q.image_token_id,
+      video_token_id=q.video_token_id, vision_start_token_id=q.vision_start_token_id,
+      vision_end_token_id=q.vision_end_token_id, tokens_per_second=q.tokens_per_second, **run)
+
+
 def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
   """(model, its ModelConfig) on ``mesh``: `config.model.checkpoint` loaded (with
   `slowfast_weights` when set), else a random init of `config.model.arch` from
@@ -83,11 +122,17 @@ def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
   axis names."""
   m = config.model
   if m.checkpoint:
+    found = _checkpoint_family(m.checkpoint)
+    if found is not None and found != m.get("family", "internvl"):
+      raise ValueError(f"config.model.family={m.get('family', 'internvl')!r} but the "
+                       f"checkpoint {m.checkpoint} is {found!r}: set "
+                       f"--config.model.family={found}")
     return model_lib.from_pretrained(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
                                      mesh=mesh, slowfast_weights=m.slowfast_weights or None,
                                      seed=config.seed, attention=m.attention,
                                      scan_layers=m.scan_layers,
-                                     drop_path_rate=float(m.get("drop_path_rate", 0.0)))
+                                     drop_path_rate=float(m.get("drop_path_rate", 0.0)),
+                                     second_per_grid_t=float(m.get("second_per_grid_t", 1.0)))
   if m.slowfast_weights:
     raise ValueError(f"config.model.slowfast_weights={m.slowfast_weights!r} needs "
                      "config.model.checkpoint: SlowFast weights are added to a loaded model")
@@ -104,7 +149,7 @@ def tokenizer(config, workdir) -> tok_lib.Tokenizer:
 
     def make():
       if not (path / "tokenizer.json").exists():
-        demo_tokenizer.save(demo_tokenizer.build(), path)
+        demo_tokenizer.save(demo_tokenizer.build(m.get("family", "internvl")), path)
 
     # As ensure_synthetic: process 0 first, so that processes sharing the workdir do not
     # write the same files at once (the others build their own only on a local disk).

@@ -25,6 +25,7 @@ from PIL import Image
 
 from vqathinker_jax.eval import correlation, evaluate, html_report, predict, report
 from vqathinker_jax.model import sharding
+from vqathinker_jax.model.config import ModelConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -281,8 +282,7 @@ def test_evaluate_run_writes_report_html(tmp_path, monkeypatch):
   config = runpy.run_path(str(ROOT / "configs/demo.py"))["get_config"]()
   config.data.synthetic.update(num_videos=12, num_frames=8, test_fraction=0.5)
   config.data.honour_rotation = False
-  cfg = types.SimpleNamespace(motion=None, downsample_ratio=0.5,
-                              vision=types.SimpleNamespace(patch_size=14))
+  cfg = ModelConfig()  # an architecture only: nothing is built
   out = evaluate.run(config, tmp_path / "wd", model=types.SimpleNamespace(cfg=cfg),
                      tokenizer=object(), mesh=sharding.single_device_mesh())
   assert (tmp_path / "wd/data/tfds/video_quality/synthetic_6x56_norot").is_dir()

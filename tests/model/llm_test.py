@@ -11,7 +11,7 @@ from flax import nnx
 import tolerance
 from hf_tiny import TINY
 from vqathinker_jax import model
-from vqathinker_jax.model import internvl, llm, sharding
+from vqathinker_jax.model import families, llm, sharding
 from vqathinker_jax.model.config import TextConfig
 
 CFG = TINY
@@ -160,13 +160,13 @@ def test_full_vocabulary_splits_over_tensor():
   flat = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_multiple=1))
   for shape in ((1, 1, 8), (1, 2, 4)):
     mesh = sharding.make_mesh(shape, jax.devices()[:8])
-    _, abstract, shardings = internvl.abstract_state(cfg, mesh)
+    _, abstract, shardings = families.abstract_state(cfg, mesh)
     assert abstract["llm"]["embed"].shape == (151680, 64)
     assert abstract["llm"]["lm_head"]["kernel"].shape == (64, 151680)
     assert shardings["llm"]["embed"].get_value().spec == P("tensor", "fsdp"), shape
     assert shardings["llm"]["lm_head"]["kernel"].get_value().spec == P("fsdp", "tensor"), shape
     # Unpadded, the vocabulary stays whole over `tensor` (what the padding fixes).
-    _, _, flat_shardings = internvl.abstract_state(flat, mesh)
+    _, _, flat_shardings = families.abstract_state(flat, mesh)
     assert flat_shardings["llm"]["embed"].get_value().spec[0] is None, shape
 
 

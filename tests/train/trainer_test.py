@@ -1,7 +1,8 @@
 """The training job end to end on the demo config, shrunk: outputs, the XLA trace window,
-and exact resumption after a SIGKILL."""
+exact resumption after a SIGKILL, and the same job on the Qwen2.5-VL backbone."""
 
 import json
+import math
 import os
 import pathlib
 import random
@@ -123,3 +124,30 @@ def test_sft_only_run_from_a_random_warm_start(tmp_path):
   summary = json.loads((wd / "summary.json").read_text())
   assert set(summary["eval"]) == {"final"} and summary["reward_curve"] == []
   assert (wd / "export" / "model.safetensors").exists()
+
+
+def test_qwen_backbone_trains_end_to_end(tmp_path):
+  """configs/qwen25vl_demo.py, shrunk as the others: SFT and GRPO steps on a tiny
+  Qwen2.5-VL with the same rollout and rewards, its evaluations, and an export that loads
+  back as Qwen2.5-VL."""
+  wd = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "vqathinker_jax.main", "--config",
+                        str(ROOT / "configs/qwen25vl_demo.py"), "--workdir", str(wd), *TINY],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"trained {SFT} SFT + {GRPO} GRPO steps" in out.stdout
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert [r["phase"] for r in rows] == ["sft"] * SFT + ["grpo"] * GRPO
+  assert all(math.isfinite(r["loss"]) for r in rows)
+  grpo = [r for r in rows if r["phase"] == "grpo"]
+  # The rollout sampled completions and the three rewards scored them.
+  assert all(r["tokens"] > 0 for r in grpo)
+  assert {"reward/total", "reward/format", "kl", "entropy"} <= set(grpo[-1])
+  for tag in ("sft", "final"):
+    summary = json.loads((wd / "eval" / tag / "summary.json").read_text())
+    assert summary["sets"]["synthetic"]["n"] >= 3
+  config = json.loads((wd / "export" / "config.json").read_text())
+  assert config["model_type"] == "qwen2_5_vl"
+  from vqathinker_jax import model
+  m, cfg = model.from_pretrained(wd / "export")
+  assert cfg.family == "qwen2_5_vl" and cfg.motion is None

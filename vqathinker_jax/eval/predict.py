@@ -106,7 +106,7 @@ def generate_texts(model, tokenizer: tok_lib.Tokenizer,
     rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
     ids_BP, mask_BP = tok_lib.pad_batch([ids for _, ids in rows], tokenizer.special.pad,
                                         prompt_len)
-    pix_BTHWC = factory.normalize_frames(np.stack([f for f, _ in rows]))
+    pix_BTHWC = factory.normalize_frames(np.stack([f for f, _ in rows]), model.cfg.family)
     out = rollout.generate_jit(model, _to_device(ids_BP), _to_device(mask_BP),
                                _to_device(pix_BTHWC), rng=rng, greedy=True,
                                max_new_tokens=max_new_tokens,
@@ -134,8 +134,7 @@ def prompt_config(model_cfg, frames: int, size: int, layout: str) -> tok_lib.Pro
   """The scoring prompt's layout for `frames` square frames of side `size` on this model."""
   return tok_lib.PromptConfig(
       num_frames=frames, motion=model_cfg.motion is not None, layout=layout,
-      tokens_per_frame=tok_lib.tokens_per_frame(size, model_cfg.vision.patch_size,
-                                                model_cfg.downsample_ratio))
+      family=model_cfg.family, tokens_per_frame=model_cfg.tokens_per_frame(size))
 
 
 def score_batches(model, tokenizer: tok_lib.Tokenizer, frames: Iterable[np.ndarray], *,

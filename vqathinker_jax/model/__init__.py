@@ -10,5 +10,6 @@ sharding rules and Hugging Face checkpoints. Imports nothing from the rest of th
 from vqathinker_jax.model.config import ModelConfig, TextConfig, VisionConfig  # noqa: F401
 from vqathinker_jax.model.hf_checkpoint import (CheckpointError, from_pretrained,  # noqa: F401
                                                 save_pretrained)
-from vqathinker_jax.model.internvl import InternVL, check_inputs, init  # noqa: F401
+from vqathinker_jax.model.families import check_inputs, init  # noqa: F401
+from vqathinker_jax.model.internvl import InternVL  # noqa: F401
 from vqathinker_jax.model.qwen_vl import Qwen25VL, QwenVLConfig  # noqa: F401

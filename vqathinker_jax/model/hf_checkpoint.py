@@ -31,7 +31,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from vqathinker_jax.model import internvl, sharding, slowfast
+from vqathinker_jax.model import families, internvl, qwen_checkpoint, sharding, slowfast
 from vqathinker_jax.model.config import (DTYPES, CheckpointError, ModelConfig, TextConfig,
                                          VisionConfig, dtype_name)
 from vqathinker_jax.model.motion import MotionProjector
@@ -326,13 +326,6 @@ def weight_map(cfg: ModelConfig, layout: str) -> dict[str, tuple[str, str, tuple
   return m
 
 
-def _family(cfg):
-  """The checkpoint module of a non-InternVL family, Qwen2.5-VL's (imported late: its
-  model module imports `internvl`, as this one does)."""
-  from vqathinker_jax.model import qwen_checkpoint
-  return qwen_checkpoint
-
-
 # --------------------------------------------------------------------- reading ---
 
 class TensorFiles:
@@ -478,28 +471,28 @@ def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=None,
          rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
          slowfast_weights=None, seed: int = 0, attention: str = "auto",
-         scan_layers: bool = False, drop_path_rate: float = 0.0):
+         scan_layers: bool = False, drop_path_rate: float = 0.0,
+         second_per_grid_t: float = 1.0):
   """(model, cfg) from a local checkpoint directory; see `model.from_pretrained`."""
 
   path = pathlib.Path(path)
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"no config.json in {path}")
   config = json.loads((path / "config.json").read_text())
-  qwen = _family(None)
-  layout = qwen.FAMILY if qwen.is_qwen(config) else detect_layout(config)
+  layout = qwen_checkpoint.FAMILY if qwen_checkpoint.is_qwen(config) else detect_layout(config)
   files = TensorFiles(path)
-  if layout == qwen.FAMILY:
+  if layout == qwen_checkpoint.FAMILY:
     if slowfast_weights is not None:
       raise CheckpointError("slowfast_weights: the motion branch is InternVL's; Qwen2.5-VL "
                             "runs without it (docs/method.md)")
-    stored = qwen.canonical(files.keys())
-    cfg = qwen.config_from_hf(config, has_lm_head=qwen.LM_HEAD in stored, dtype=dtype,
+    stored = qwen_checkpoint.canonical(files.keys())
+    cfg = qwen_checkpoint.config_from_hf(config, has_lm_head=qwen_checkpoint.LM_HEAD in stored, dtype=dtype,
                               param_dtype=param_dtype, attention=attention,
-                              scan_layers=scan_layers)
-    wmap, fresh = qwen.weight_map(cfg), {}
-    ignorable = lambda key: qwen.ignorable(key, cfg)
+                              scan_layers=scan_layers, second_per_grid_t=second_per_grid_t)
+    wmap, fresh = qwen_checkpoint.weight_map(cfg), {}
+    ignorable = lambda key: qwen_checkpoint.ignorable(key, cfg)
     graphdef, abstract = nnx.split(nnx.eval_shape(
-        lambda: internvl.module_class(cfg)(cfg, nnx.Rngs(0))))
+        lambda: families.module_class(cfg)(cfg, nnx.Rngs(0))))
   else:
     if slowfast_weights is not None:  # converted SlowFast tensors replace any in the checkpoint
       sf_files = TensorFiles(pathlib.Path(slowfast_weights))
@@ -624,7 +617,7 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
   """
   path = epath.Path(path)  # a local directory or gs://...
   out_dtype = np.dtype(DTYPES[dtype or cfg.param_dtype])
-  wmap = _family(cfg).weight_map(cfg) if cfg.family != "internvl" else weight_map(cfg, "hf")
+  wmap = qwen_checkpoint.weight_map(cfg) if cfg.family != "internvl" else weight_map(cfg, "hf")
   flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(m))}
   extra = sorted(set(flat) - set(wmap))
   if extra:
@@ -662,7 +655,7 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
     total = sum(n for _, n in sizes)
     (path / INDEX_FILE).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(index.items()))}, indent=2))
-  hf = _family(cfg).config_to_hf(cfg) if cfg.family != "internvl" else config_to_hf(cfg)
+  hf = qwen_checkpoint.config_to_hf(cfg) if cfg.family != "internvl" else config_to_hf(cfg)
   hf["dtype"] = out_dtype.name
   if "text_config" in hf:
     hf["text_config"]["dtype"] = out_dtype.name
@@ -678,7 +671,8 @@ def save(m, cfg: ModelConfig, path, *, max_shard_bytes: int = 4 << 30,
 def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
                     rules=sharding.DEFAULT_RULES, image_token_id: int | None = None,
                     slowfast_weights=None, seed: int = 0, attention: str = "auto",
-                    scan_layers: bool = False, drop_path_rate: float = 0.0):
+                    scan_layers: bool = False, drop_path_rate: float = 0.0,
+                    second_per_grid_t: float = 1.0):
   """Load a local Hugging Face InternVL directory (either layout) or Qwen2.5-VL directory
   (`model_type: qwen2_5_vl`; `qwen_vl.Qwen25VL`, `qwen_checkpoint`) onto ``mesh``.
 
@@ -690,12 +684,14 @@ def from_pretrained(path, dtype="float32", *, param_dtype=None, mesh=None,
   `motion_mlp` then gets a fresh one, initialised from ``seed``. ``attention``:
   `ModelConfig.attention`, the attention kernel. ``drop_path_rate``: the ViT's
   stochastic depth in training (`VisionConfig.drop_path_rate`; 0 = off, the default;
-  negative = the checkpoint's own `vision_config.drop_path_rate`).
+  negative = the checkpoint's own `vision_config.drop_path_rate`). ``second_per_grid_t``:
+  Qwen2.5-VL only, `qwen_vl.QwenVLConfig.second_per_grid_t` (not in its config.json).
   """
   return load(path, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype or dtype),
               mesh=mesh, rules=rules, image_token_id=image_token_id,
               slowfast_weights=slowfast_weights, seed=seed, attention=attention,
-              scan_layers=scan_layers, drop_path_rate=drop_path_rate)
+              scan_layers=scan_layers, drop_path_rate=drop_path_rate,
+              second_per_grid_t=second_per_grid_t)
 
 
 def save_pretrained(m: internvl.InternVL, cfg: ModelConfig, path, **kwargs) -> None:

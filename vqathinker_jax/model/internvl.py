@@ -1,10 +1,11 @@
 """The InternVL3 multimodal model (Flax NNX): ViT + mlp1 (+ SlowFast and the motion
 token) + the Qwen2 decoder, and its random initialisation on a mesh.
 
-    m = init(cfg, seed=0, mesh=mesh)
+    m = families.init(cfg, seed=0, mesh=mesh)   # model.init
     logits_BTV = m(input_ids=ids_BT, pixel_values=pix_NHWC, attention_mask=mask_BT)
 
-Loading and export live in `hf_checkpoint` (which imports this module, never the reverse).
+Loading and export live in `hf_checkpoint`, initialisation in `families` (both import this
+module, never the reverse).
 
 Legend: B batch (videos), T tokens, D LLM width, V vocabulary, N frames (all videos, in
 order of appearance), H/W pixels, M visual tokens of the batch, P tokens per frame.
@@ -12,7 +13,6 @@ order of appearance), H/W pixels, M visual tokens of the batch, P tokens per fra
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,24 +25,11 @@ from vqathinker_jax.model.motion import MotionProjector
 from vqathinker_jax.model.vision import VisionTower
 
 
-def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array) -> jax.Array:
-  """Scatter visual tokens into the placeholder positions, in order (row-major)."""
-  B, T, D = x_BTD.shape
-  flat = is_visual_BT.reshape(-1)
-  idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats_MD.shape[0] - 1)
-  gathered = jnp.take(feats_MD.astype(x_BTD.dtype), idx, axis=0)
-  merged = jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
-  return sharding.constrain_batch(merged)  # the batch-merging reshape: see visual_tokens
-
-
 def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False) -> None:
   """Checks with messages that name the problem, before anything compiles.
 
-  Shapes are checked always; slot counts only when `input_ids` is concrete. A Qwen2.5-VL
-  config's inputs are checked by `qwen_vl.check_inputs`.
+  Shapes are checked always; slot counts only when `input_ids` is concrete.
   """
-  if cfg.family != "internvl":
-    return module_class(cfg).check_inputs(cfg, input_ids, pixel_values, train)
   if input_ids is None:
     return
   if np.ndim(input_ids) != 2:
@@ -140,7 +127,7 @@ class InternVL(nnx.Module):
     is_visual_BT = input_ids_BT == self.cfg.image_token_id
     if slots_BT is not None:
       is_visual_BT = is_visual_BT & slots_BT.astype(bool)
-    return merge_visual(x_BTD, is_visual_BT,
+    return layers.merge_visual(x_BTD, is_visual_BT,
                         self.visual_tokens(pixel_values, train, drop_key, remat))
 
   def prompt_positions(self, input_ids_BP, attention_mask_BP, pixel_values=None):
@@ -190,39 +177,3 @@ class InternVL(nnx.Module):
 @nnx.jit(static_argnames="train")
 def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask, train):
   return m.forward(input_ids, pixel_values, attention_mask, train)
-
-
-def module_class(cfg) -> type:
-  """The model class of ``cfg``'s family (`ModelConfig`: InternVL; `qwen_vl.QwenVLConfig`:
-  Qwen2.5-VL)."""
-  if cfg.family == "qwen2_5_vl":
-    from vqathinker_jax.model import qwen_vl  # it imports this module
-    return qwen_vl.Qwen25VL
-  return InternVL
-
-
-def init(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
-         rules=sharding.DEFAULT_RULES) -> InternVL:
-  """A randomly initialised model of ``cfg``'s family whose parameters are created
-  already sharded."""
-  mesh = mesh or sharding.single_device_mesh()
-  graphdef, create = _init_program(cfg, mesh, tuple(rules.items()))
-  return nnx.merge(graphdef, create(np.int64(seed)))  # the key jax.random.key(seed) gives
-
-
-def abstract_state(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
-  """(graphdef, the state's shapes, their shardings on ``mesh``): the model as `init`
-  creates it, without creating anything (`tools/aot` compiles from it)."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: module_class(cfg)(cfg, nnx.Rngs(0))))
-  return graphdef, abstract, sharding.param_shardings(abstract, mesh, dict(rules))
-
-
-@functools.lru_cache(maxsize=16)
-def _init_program(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple):
-  """(graphdef, jitted seed -> state), compiled once per model, mesh and rules: the seed
-  is an argument, so other seeds (and other callers) reuse the program."""
-  graphdef, _, shardings = abstract_state(cfg, mesh, rules)
-  # Under jit with out_shardings, each device materialises only its own shard.
-  create = jax.jit(lambda seed: nnx.state(module_class(cfg)(cfg, nnx.Rngs(jax.random.key(seed)))),
-                   out_shardings=shardings)
-  return graphdef, create

@@ -259,3 +259,13 @@ def shared_prefix_attention(q_NHE, prefix_k_BKPE, prefix_v_BKPE, prefix_valid_BP
   out_BGKhE = jnp.einsum("bgkhp,bkpe->bgkhe", groups(p_NKhS[..., :P]), prefix_v_BKPE.astype(dt))
   out_NKhE = rows(out_BGKhE) + jnp.einsum("nkhc,nkce->nkhe", p_NKhS[..., P:], v_NKCE.astype(dt))
   return out_NKhE.reshape(N, H, E)
+
+
+def merge_visual(x_BTD: jax.Array, is_visual_BT: jax.Array, feats_MD: jax.Array) -> jax.Array:
+  """Scatter visual tokens into the placeholder positions, in order (row-major)."""
+  B, T, D = x_BTD.shape
+  flat = is_visual_BT.reshape(-1)
+  idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats_MD.shape[0] - 1)
+  gathered = jnp.take(feats_MD.astype(x_BTD.dtype), idx, axis=0)
+  merged = jnp.where(flat[:, None], gathered, x_BTD.reshape(B * T, D)).reshape(B, T, D)
+  return sharding.constrain_batch(merged)  # the batch-merging reshape (InternVL.visual_tokens)

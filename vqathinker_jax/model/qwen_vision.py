@@ -65,6 +65,11 @@ class QwenVisionConfig:
     return self.hidden_size // self.num_heads
 
   @property
+  def drop_path_rate(self) -> float:
+    """No stochastic depth in this tower (transformers' has none); the RL code asks."""
+    return 0.0
+
+  @property
   def patch_dim(self) -> int:
     return self.in_chans * self.temporal_patch_size * self.patch_size ** 2
 

@@ -28,7 +28,6 @@ from flax import nnx
 from vqathinker_jax.model import layers, llm, mrope, qwen_inputs, qwen_vision, sharding
 from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
 from vqathinker_jax.model.config import DTYPES, TextConfig
-from vqathinker_jax.model.internvl import merge_visual
 
 FAMILY = "qwen2_5_vl"
 
@@ -83,6 +82,11 @@ class QwenVLConfig:
     v = self.vision
     return (-(-frames // v.temporal_patch_size), height // v.patch_size, width // v.patch_size)
 
+  def tokens_per_frame(self, image_size: int) -> int:
+    """Visual tokens per frame pair (a temporal patch) of square frames: (size / 28)²
+    (`ModelConfig.tokens_per_frame`'s role; 256 at 448 px)."""
+    return (image_size // (self.vision.patch_size * self.vision.spatial_merge_size)) ** 2
+
   def tokens_per_video(self, frames: int, height: int, width: int) -> int:
     """<|video_pad|> slots one clip takes: t·h·w / m²."""
     return int(np.prod(self.video_grid(frames, height, width))) // self.vision.merge_unit
@@ -135,8 +139,6 @@ class Qwen25VL(nnx.Module):
   """Vision tower -> merged tokens in the <|video_pad|> / <|image_pad|> slots -> the Qwen2
   decoder with 3-D (t, h, w) rotary positions."""
 
-  check_inputs = staticmethod(check_inputs)
-
   def __init__(self, cfg: QwenVLConfig, rngs: nnx.Rngs):
     dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.vision = qwen_vision.QwenVisionTower(cfg.vision, dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -185,7 +187,7 @@ class Qwen25VL(nnx.Module):
     is_visual_BT = input_ids_BT == token
     if slots_BT is not None:
       is_visual_BT = is_visual_BT & slots_BT.astype(bool)
-    return merge_visual(x_BTD, is_visual_BT,
+    return layers.merge_visual(x_BTD, is_visual_BT,
                         self.visual_tokens(pixel_values, train, drop_key, remat))
 
   def prompt_positions(self, input_ids_BP, attention_mask_BP, pixel_values=None):
@@ -237,7 +239,7 @@ class Qwen25VL(nnx.Module):
     for item, token in ((images, self.cfg.image_token_id), (videos, self.cfg.video_token_id)):
       if item is not None:
         feats_MD = self.vision.encode(*item)
-        x_BTD = merge_visual(x_BTD, input_ids_BT == token, feats_MD)
+        x_BTD = layers.merge_visual(x_BTD, input_ids_BT == token, feats_MD)
     h_BTD, _ = self.llm(x_BTD, position_ids_3BT, layers.CausalMask(attention_mask_BT))
     return self.llm.logits(h_BTD)[..., :self.cfg.text.vocab_size]
 

@@ -46,6 +46,39 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
+@jax.custom_vjp
+def patch_conv(pix_NHWC: jax.Array, kernel_ppIC: jax.Array) -> jax.Array:
+  """The stride-p p x p patch convolution [N, H/p, W/p, C]. Forward: XLA's convolution (as
+  a matmul over flattened patches, the patch gather is a 6-d transpose that cost XLA's CPU
+  backend 2.5x the convolution). Backward: both cotangents as matmuls over the patches
+  (XLA:CPU ran the kernel gradient as a generic convolution: 46 s of a 1B-shaped update's
+  188 s, benchmarks/results/profile_update_internvl3_1b.json)."""
+  return _conv(pix_NHWC, kernel_ppIC)
+
+
+def _conv(pix_NHWC, kernel_ppIC):
+  p = kernel_ppIC.shape[0]
+  return jax.lax.conv_general_dilated(pix_NHWC, kernel_ppIC, (p, p), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patch_conv_fwd(pix_NHWC, kernel_ppIC):
+  return _conv(pix_NHWC, kernel_ppIC), (pix_NHWC, kernel_ppIC)
+
+
+def _patch_conv_bwd(res, g_NhwC):
+  pix_NHWC, kernel_ppIC = res
+  N, H, W, I = pix_NHWC.shape
+  p = kernel_ppIC.shape[0]
+  patches = pix_NHWC.reshape(N, H // p, p, W // p, p, I)  # n h a w b i
+  d_kernel = jnp.einsum("nhawbi,nhwo->abio", patches, g_NhwC.astype(pix_NHWC.dtype))
+  d_pix = jnp.einsum("nhwo,abio->nhawbi", g_NhwC, kernel_ppIC).reshape(N, H, W, I)
+  return d_pix.astype(pix_NHWC.dtype), d_kernel.astype(kernel_ppIC.dtype)
+
+
+patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
 def resize_pos_embed(pos_hwC: jax.Array, out_h: int, out_w: int) -> jax.Array:
   """Bicubic resize of the position grid, in float32 (identity at the trained size)."""
   in_h, in_w, _ = pos_hwC.shape
@@ -169,11 +202,7 @@ class InternViT(nnx.Module):
     N, H, W, _ = pix_NHWC.shape
     p, C, g = self.cfg.patch_size, self.cfg.hidden_size, self.cfg.grid
     h, w = H // p, W // p
-    # The stride-p p x p convolution itself: as a matmul over flattened patches, the patch
-    # gather is a 6-d transpose that cost XLA's CPU backend 2.5x the convolution.
-    x_NhwC = jax.lax.conv_general_dilated(
-        pix_NHWC.astype(self.dtype), self.patch_kernel[...].astype(self.dtype), (p, p), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x_NhwC = patch_conv(pix_NHWC.astype(self.dtype), self.patch_kernel[...].astype(self.dtype))
     x_NPC = x_NhwC.reshape(N, h * w, C) + self.patch_bias[...].astype(self.dtype)
     pos = self.pos[...]
     pos_patch = resize_pos_embed(pos[1:].reshape(g, g, C), h, w).reshape(h * w, C)

@@ -2,7 +2,8 @@
 VQAThinker prompt and answer templates (no downloads), saved like a checkpoint's.
 
 The InternVL added tokens come first (ids 0-5, so `<IMG_CONTEXT>` is 5 whatever the corpus
-learns); the rest of the 512 ids are bytes and merges. Digits stay single tokens, as in
+learns); for Qwen2.5-VL (`build(family=...)`) its vision tokens follow (6-8: vision start,
+vision end, video pad); the rest of the 512 ids are bytes and merges. Digits stay single tokens, as in
 Qwen's pre-tokenizer, so scores are written digit by digit.
 """
 
@@ -18,6 +19,7 @@ from vqathinker_jax.text import tokenizer as tok_lib
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", tok_lib.IMG_START, tok_lib.IMG_END,
            tok_lib.IMG_CONTEXT]
+QWEN_SPECIAL = [tok_lib.VISION_START, tok_lib.VISION_END, tok_lib.VIDEO_PAD]
 VOCAB_SIZE = 512
 # ITU-T P.910 ACR words for the MOS bands [1, 1.8), [1.8, 2.6), ...: the SFT reasoning.
 QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")
@@ -28,16 +30,18 @@ def quality_word(mos: float) -> str:
   return QUALITY_WORDS[min(int((float(mos) - 1.0) / 0.8), len(QUALITY_WORDS) - 1)]
 
 
-def _corpus() -> list[str]:
-  prompt = tok_lib.prompt_text(tok_lib.PromptConfig(num_frames=12, tokens_per_frame=1),
+def _corpus(family: str = "internvl") -> list[str]:
+  prompt = tok_lib.prompt_text(tok_lib.PromptConfig(num_frames=12, tokens_per_frame=1,
+                                                    family=family,
+                                                    motion=family == "internvl"),
                                expand=False)
   answers = [f"<think>The video looks {w}.</think>\n<answer>{s:.2f}</answer>"
              for w in QUALITY_WORDS for s in (1.25, 2.5, 3.75, 4.9)]
   return [prompt] * 8 + answers * 4 + ["0123456789 .-\n"]
 
 
-def build() -> tok_lib.Tokenizer:
-  """The demo tokenizer (deterministic: same corpus, same merges)."""
+def build(family: str = "internvl") -> tok_lib.Tokenizer:
+  """The demo tokenizer of ``family``'s prompt (deterministic: same corpus, same merges)."""
   backend = tokenizers.Tokenizer(tokenizers.models.BPE())
   backend.normalizer = tokenizers.normalizers.NFC()
   backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -45,9 +49,10 @@ def build() -> tok_lib.Tokenizer:
       pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
   backend.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=VOCAB_SIZE, show_progress=False, special_tokens=SPECIAL,
+      vocab_size=VOCAB_SIZE, show_progress=False,
+      special_tokens=SPECIAL + (QWEN_SPECIAL if family == "qwen2_5_vl" else []),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  backend.train_from_iterator(_corpus(), trainer)
+  backend.train_from_iterator(_corpus(family), trainer)
   return tok_lib.Tokenizer(backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 

@@ -21,6 +21,10 @@ import tokenizers
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# Qwen2.5-VL's: a video is <|vision_start|> <|video_pad|>×N <|vision_end|>.
+VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+QWEN_SYSTEM_MESSAGE = "You are a helpful assistant."  # its chat template's default
+FAMILIES = ("internvl", "qwen2_5_vl")
 IMAGE_PLACEHOLDER = "<image>"
 
 # transformers' Qwen2Converter pre-tokenizer split.
@@ -40,13 +44,19 @@ FORMAT_INSTRUCTION = ("First output the thinking process in <think> </think> tag
 
 @dataclasses.dataclass(frozen=True)
 class SpecialTokens:
-  img_start: int
-  img_end: int
-  img_context: int
+  """Ids of the chat and image tokens; a family's own are None in the other's vocabulary
+  (InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`; Qwen2.5-VL's vision start/end and
+  video pad)."""
+  img_start: int | None
+  img_end: int | None
+  img_context: int | None
   im_start: int
   im_end: int
   eos: int
   pad: int
+  vision_start: int | None = None
+  vision_end: int | None = None
+  video_pad: int | None = None
 
   @property
   def stop_ids(self) -> tuple[int, ...]:
@@ -60,11 +70,13 @@ class Tokenizer:
   def __init__(self, backend: tokenizers.Tokenizer, eos_token: str = IM_END,
                pad_token: str | None = None):
     self.backend = backend
-    tid = self.token_id
+    tid, maybe = self.token_id, backend.token_to_id
     self.special = SpecialTokens(
-        img_start=tid(IMG_START), img_end=tid(IMG_END), img_context=tid(IMG_CONTEXT),
+        img_start=maybe(IMG_START), img_end=maybe(IMG_END), img_context=maybe(IMG_CONTEXT),
         im_start=tid(IM_START), im_end=tid(IM_END), eos=tid(eos_token),
-        pad=tid(pad_token) if pad_token is not None else tid(eos_token))
+        pad=tid(pad_token) if pad_token is not None else tid(eos_token),
+        vision_start=maybe(VISION_START), vision_end=maybe(VISION_END),
+        video_pad=maybe(VIDEO_PAD))
 
   @property
   def vocab_size(self) -> int:
@@ -176,29 +188,47 @@ class PromptConfig:
   num_frames: int = 6
   tokens_per_frame: int = 256
   motion: bool = True
-  system_message: str = INTERNVL_SYSTEM_MESSAGE
+  system_message: str | None = None  # None: the family's (InternVL's; Qwen2.5-VL's)
   question: str = QUESTION
   format_instruction: str = FORMAT_INSTRUCTION
   layout: str = "train"
+  # qwen2_5_vl: Qwen2.5-VL's chat template, the clip as one video item (`image_tokens`);
+  # ``tokens_per_frame`` is then per frame pair ((size / 28)², `QwenVLConfig.video_grid`).
+  family: str = "internvl"
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+    if self.family not in FAMILIES:
+      raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+    if self.family == "qwen2_5_vl" and self.motion:
+      raise ValueError("the motion token is InternVL's: Qwen2.5-VL prompts have none")
+    if self.system_message is None:
+      object.__setattr__(self, "system_message", QWEN_SYSTEM_MESSAGE
+                         if self.family == "qwen2_5_vl" else INTERNVL_SYSTEM_MESSAGE)
     if self.num_frames < 1 or self.tokens_per_frame < 1:
       raise ValueError("num_frames and tokens_per_frame must be positive")
 
   @property
   def num_images(self) -> int:
-    return self.num_frames + int(self.motion)
+    """``<image>`` placeholders: a frame each (+ motion); one video item for Qwen2.5-VL."""
+    return 1 if self.family == "qwen2_5_vl" else self.num_frames + int(self.motion)
 
   @property
   def num_context_tokens(self) -> int:
-    """`<IMG_CONTEXT>` slots in the prompt: frames × tokens per frame (+ 1 motion slot)."""
+    """`<IMG_CONTEXT>` slots in the prompt: frames × tokens per frame (+ 1 motion slot);
+    Qwen2.5-VL's <|video_pad|> slots: a token per frame pair (its temporal patch)."""
+    if self.family == "qwen2_5_vl":
+      return -(-self.num_frames // 2) * self.tokens_per_frame
     return self.num_frames * self.tokens_per_frame + int(self.motion)
 
 
 def user_text(cfg: PromptConfig) -> str:
-  """The user turn with one ``<image>`` per frame (then the motion one, if any)."""
+  """The user turn with one ``<image>`` per frame (then the motion one, if any); for
+  Qwen2.5-VL one ``<image>`` for the whole clip, then the question (its template puts
+  the text right after the video item, no newline)."""
+  if cfg.family == "qwen2_5_vl":
+    return IMAGE_PLACEHOLDER + cfg.question + " " + cfg.format_instruction
   if cfg.layout == "train":
     lines = ["Now you will receive a video:\n"]
     lines += [f"Frame{i + 1}:{IMAGE_PLACEHOLDER}\n" for i in range(cfg.num_frames)]
@@ -213,13 +243,17 @@ def user_text(cfg: PromptConfig) -> str:
 
 
 def chat_text(user: str, system_message: str = INTERNVL_SYSTEM_MESSAGE) -> str:
-  """InternVL `internvl2_5` (MPT-style) template, open for the assistant's turn."""
+  """InternVL `internvl2_5` (MPT-style) template, open for the assistant's turn; Qwen2.5-VL's
+  renders the same text (with its own system message)."""
   return (f"{IM_START}system\n{system_message}{IM_END}\n"
           f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
 
 
 def image_tokens(cfg: PromptConfig) -> list[str]:
-  """Replacement of each ``<image>`` in order: frames, then the motion slot."""
+  """Replacement of each ``<image>`` in order: frames, then the motion slot (Qwen2.5-VL:
+  the clip's one video item)."""
+  if cfg.family == "qwen2_5_vl":
+    return [VISION_START + VIDEO_PAD * cfg.num_context_tokens + VISION_END]
   frame = IMG_START + IMG_CONTEXT * cfg.tokens_per_frame + IMG_END
   return [frame] * cfg.num_frames + ([IMG_START + IMG_CONTEXT + IMG_END] if cfg.motion else [])
 
@@ -241,9 +275,18 @@ def prompt_ids(tokenizer: Tokenizer, cfg: PromptConfig) -> np.ndarray:
   if len(pieces) != cfg.num_images + 1:
     raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders, expected "
                      f"{cfg.num_images} (does the question or system message contain one?)")
-  frame = [s.img_start] + [s.img_context] * cfg.tokens_per_frame + [s.img_end]
-  images = [frame] * cfg.num_frames + ([[s.img_start, s.img_context, s.img_end]]
-                                       if cfg.motion else [])
+  if cfg.family == "qwen2_5_vl":
+    if s.video_pad is None or s.vision_start is None or s.vision_end is None:
+      raise ValueError(f"the tokenizer has no {VISION_START}/{VIDEO_PAD}/{VISION_END}: not a "
+                       "Qwen2.5-VL tokenizer")
+    images = [[s.vision_start] + [s.video_pad] * cfg.num_context_tokens + [s.vision_end]]
+  else:
+    if s.img_context is None or s.img_start is None or s.img_end is None:
+      raise ValueError(f"the tokenizer has no {IMG_START}/{IMG_CONTEXT}/{IMG_END}: not an "
+                       "InternVL tokenizer")
+    frame = [s.img_start] + [s.img_context] * cfg.tokens_per_frame + [s.img_end]
+    images = [frame] * cfg.num_frames + ([[s.img_start, s.img_context, s.img_end]]
+                                         if cfg.motion else [])
   out = [tokenizer.encode(pieces[0])]
   for image, piece in zip(images, pieces[1:]):
     out += [np.asarray(image, np.int32), tokenizer.encode(piece)]

@@ -68,11 +68,11 @@ def abstract_state(config, mesh, tx, reference: bool):
   import jax.numpy as jnp
   from flax import nnx
   from vqathinker_jax import factory
-  from vqathinker_jax.model import internvl
+  from vqathinker_jax.model import families
   from vqathinker_jax.train.state import TrainState
 
   cfg = factory.model_config(config)
-  graphdef, abstract, shardings = internvl.abstract_state(cfg, mesh)
+  graphdef, abstract, shardings = families.abstract_state(cfg, mesh)
   placed = jax.tree.map(_sds, abstract, shardings)
   graphdef, params, rest = nnx.split(nnx.merge(graphdef, placed), nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
@@ -97,11 +97,21 @@ def abstract_state(config, mesh, tx, reference: bool):
 
 def synthetic_prompt(cfg, frames: int, size: int):
   """A prompt of the training prompt's length and slots (`tools.plan.prompt_tokens`):
-  text ids, then a frame's `<IMG_CONTEXT>` slots per frame (+1 for motion)."""
+  text ids, then a frame's `<IMG_CONTEXT>` slots per frame (+1 for motion). Qwen2.5-VL:
+  the same text length (its system message is shorter: a slight overestimate) around
+  <|vision_start|>, the clip's <|video_pad|> slots and <|vision_end|>."""
   import numpy as np
   from vqathinker_jax.tools import plan
   per_frame = cfg.tokens_per_frame(size)
   motion = cfg.motion is not None
+  if cfg.family == "qwen2_5_vl":
+    slots = cfg.tokens_per_video(frames, size, size)
+    P = plan.PROMPT_TEXT_TOKENS + 2 + slots
+    ids = np.zeros(P, np.int32)
+    ids[P - slots - 9] = cfg.vision_start_token_id
+    ids[P - slots - 8:P - 8] = cfg.video_token_id
+    ids[P - 8] = cfg.vision_end_token_id
+    return ids
   P = plan.prompt_tokens(frames, per_frame, motion)
   slots = frames * per_frame + motion
   ids = np.zeros(P, np.int32)
@@ -144,7 +154,7 @@ def lower(config, mesh, program: str):
   with jax.set_mesh(mesh):
     if program == "step":
       fn = steps.make_grpo_step(graphdef, state, tx, gcfg, reward_fn,
-                                prepare=steps.prompt_and_frames(prompt_P))
+                                prepare=steps.prompt_and_frames(prompt_P, cfg.family))
       args = (state, dict(frames=split(B, T, S, S, 3, dtype=jnp.uint8),
                           label=split(B, dtype=jnp.float32),
                           perturb_idx=split(B, G, T, dtype=jnp.int32),

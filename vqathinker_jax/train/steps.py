@@ -57,17 +57,17 @@ def make_sft_step(graphdef, state: TrainState, tx, chunk: int = 256,
   return jit_step(step, state)
 
 
-def prompt_and_frames(prompt_P: np.ndarray) -> Prepare:
+def prompt_and_frames(prompt_P: np.ndarray, family: str = "internvl") -> Prepare:
   """The trainer's `prepare`: every video gets the same prompt ``prompt_P`` (one prompt
-  template per run), its uint8 frames [B, T, H, W, 3] are normalised on device (a quarter
-  of the bytes to move), and the step's key is `fold_in(rng, state.step)` (the state's
+  template per run), its uint8 frames [B, T, H, W, 3] are normalised on device as
+  ``family``'s vision tower expects (a quarter of the bytes to move), and the step's key is `fold_in(rng, state.step)` (the state's
   own counter, so a resumed run draws what an uninterrupted one would)."""
   def prepare(st, b, rng):
     B = b["frames"].shape[0]
     ids_BP = jnp.broadcast_to(jnp.asarray(prompt_P), (B, prompt_P.shape[0]))
     out = {k: v for k, v in b.items() if k not in ("frames", "label")}
     out.update(prompt_ids=ids_BP, prompt_mask=jnp.ones_like(ids_BP),
-               pixel_values=factory.normalize_frames(b["frames"]))
+               pixel_values=factory.normalize_frames(b["frames"], family))
     if "label" in b:
       out["labels"] = b["label"]
     return out, None if rng is None else jax.random.fold_in(rng, st.step)

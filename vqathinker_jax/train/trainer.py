@@ -184,7 +184,7 @@ def _setup(config, workdir: epath.Path):
   S, N = config.sft.steps, grpo_steps(config, len(source))
   model, mcfg = factory.build_model(config, mesh)  # outside the mesh context: logical names
   prompt = tok_lib.PromptConfig(
-      num_frames=config.data.frames, motion=mcfg.motion is not None,
+      num_frames=config.data.frames, motion=mcfg.motion is not None, family=mcfg.family,
       tokens_per_frame=mcfg.tokens_per_frame(config.data.size))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                     save_every=config.train.checkpoint_every)
@@ -214,7 +214,8 @@ def _run_sft(run: _Run, graphdef, state):
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
     run.writer.set_position(run.latest)
   step = Step(steps.make_sft_step(graphdef, state, sft_optimizer(config), config.grpo.logprob_chunk,
-                                  prepare=steps.prompt_and_frames(run.prompt_P),
+                                  prepare=steps.prompt_and_frames(run.prompt_P,
+                                                                  run.model_cfg.family),
                                   remat=config.grpo.remat),
               on_compile=lambda s: run.timer.add("sft", s))
   with jax.set_mesh(run.mesh):
@@ -264,7 +265,8 @@ def _run_grpo(run: _Run, graphdef, sft_state):
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
     run.writer.set_position(run.latest)
   step = Step(steps.make_grpo_step(graphdef, state, tx, gcfg, reward_fn,
-                                   prepare=steps.prompt_and_frames(run.prompt_P)),
+                                   prepare=steps.prompt_and_frames(run.prompt_P,
+                                                                   run.model_cfg.family)),
               on_compile=lambda s: run.timer.add("grpo", s))
   key_dev = _replicated(run.key, run.mesh)
   eval_every = config.train.eval_every
