@@ -249,6 +249,17 @@ def _rollout(ckpt, shape, B, G, C, T):
   return jax.jit(fn), args, ids.shape[1]
 
 
+def _median_s(call, runs: int = 5) -> float:
+  """Median seconds of ``runs`` calls of a `_timing` roofline call, after one untimed."""
+  call(0)
+  ts = []
+  for i in range(runs):
+    start = time.perf_counter()
+    call(i + 1)
+    ts.append(time.perf_counter() - start)
+  return statistics.median(ts)
+
+
 def main(argv):
   del argv
   _timing.apply_xla_flags()
@@ -301,14 +312,7 @@ def main(argv):
     jax.profiler.stop_trace()
   report[f"{program}_s"] = _timing.summary(times, 3) if times else None
   # The limits in the same process, after the program (the same threads, warm).
-  mm = _timing.matmul_call(4096)
-  mm(0)
-  ts = []
-  for i in range(5):
-    s0 = time.perf_counter()
-    mm(i + 1)
-    ts.append(time.perf_counter() - s0)
-  peak = 2 * 4096 ** 3 / statistics.median(ts)
+  peak = 2 * 4096 ** 3 / _median_s(_timing.matmul_call(4096))
   report["matmul_peak_gflops"] = round(peak / 1e9, 1)
   report["prompt_tokens"] = P
   report["profile"] = breakdown(profile_events(trace), hlo_index(hlo), wall, peak, _TOP.value)
@@ -320,13 +324,7 @@ def main(argv):
         round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
   else:
     copy = _timing.copy_call(1024, threads=len(os.sched_getaffinity(0)))
-    copy(0)
-    ts = []
-    for i in range(5):
-      s0 = time.perf_counter()
-      copy(i + 1)
-      ts.append(time.perf_counter() - s0)
-    report["copy_bandwidth_gbs"] = round(2 * 1024 * 2 ** 20 / statistics.median(ts) / 1e9, 2)
+    report["copy_bandwidth_gbs"] = round(2 * 1024 * 2 ** 20 / _median_s(copy) / 1e9, 2)
     report["decode_least_bytes_gb"] = round(decode_bytes(shape, 4, B, G, P, C) / 1e9, 4)
   _timing.emit(report, _OUT.value)
 

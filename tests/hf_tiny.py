@@ -65,6 +65,24 @@ def randomize_(hf_model, seed=0):
   return hf_model
 
 
+def redraw_(torch_module, seed=0):
+  """Every parameter of ``torch_module`` re-drawn at scales a trained model has: matrices
+  N(0, 1/fan_in), norm weights 1 + 0.1 N (they initialise to 1), biases 0.1 N, so a
+  misplaced weight or a skipped norm shows in a parity test."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in torch_module.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      if p.ndim >= 2:
+        p.copy_(noise / p[0].numel() ** 0.5)
+      elif "norm" in name or "ln_q" in name:
+        p.copy_(1.0 + 0.1 * noise)
+      else:
+        p.copy_(0.1 * noise)
+  return torch_module
+
+
 def make_hf_checkpoint(path: pathlib.Path, seed=0, **kwargs):
   import torch
   from transformers import InternVLForConditionalGeneration

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import hf_tiny
 import tolerance
 from vqathinker_jax.model import qwen_vision as qv
 
@@ -46,17 +47,7 @@ def hf():
   torch.manual_seed(0)
   m = Qwen2_5_VisionTransformerPretrainedModel._from_config(hf_vision_config(TINY),
                                                             attn_implementation="eager")
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in m.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      if p.ndim >= 2:
-        p.copy_(noise / p[0].numel() ** 0.5)
-      elif "norm" in name or "ln_q" in name:
-        p.copy_(1.0 + 0.1 * noise)
-      else:
-        p.copy_(0.1 * noise)
-  return m.eval()
+  return hf_tiny.redraw_(m, 0).eval()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hf_tiny
 import tolerance
 from vqathinker_jax import model
 from vqathinker_jax.model import mrope, qwen_inputs, qwen_vl
@@ -38,24 +39,13 @@ def hf_config(tied: bool = False):
 
 
 def make_hf(tied: bool = False, seed: int = 0):
-  """The tiny model with every parameter re-drawn (norm weights 1 + 0.1 N, matrices
-  N(0, 1/fan_in), biases 0.1 N), so a misplaced weight shows."""
+  """The tiny model with every parameter re-drawn (`hf_tiny.redraw_`)."""
   import torch
   from transformers import Qwen2_5_VLForConditionalGeneration
   torch.manual_seed(seed)
   m = Qwen2_5_VLForConditionalGeneration._from_config(hf_config(tied),
                                                       attn_implementation="eager")
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in m.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      if p.ndim >= 2:
-        p.copy_(noise / p.shape[-1] ** 0.5)
-      elif "norm" in name or "ln_q" in name:
-        p.copy_(1.0 + 0.1 * noise)
-      else:
-        p.copy_(0.1 * noise)
-  return m.eval()
+  return hf_tiny.redraw_(m, seed).eval()
 
 
 @pytest.fixture(scope="module")

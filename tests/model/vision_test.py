@@ -215,3 +215,19 @@ def test_vit_scan_with_drop_path_keys_falls_back_to_the_loop():
   pix, key = frames(8), jax.random.key(5)
   np.testing.assert_array_equal(np.asarray(scanned(pix, key)), np.asarray(loop(pix, key)))
   tolerance.assert_close(np.asarray(scanned(pix)), np.asarray(loop(pix)), 8, name="no key")
+
+
+def test_patch_conv_gradients_are_the_convolutions():
+  """`patch_conv`'s own backward (matmuls over the patches) gives the cotangents XLA's
+  convolution transpose gives, for the kernel and the pixels alike."""
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  pix = jax.random.normal(k1, (3, 56, 42, 3))
+  kernel = jax.random.normal(k2, (14, 14, 3, 8))
+  g = jax.random.normal(k3, (3, 4, 3, 8))
+  np.testing.assert_array_equal(vision.patch_conv(pix, kernel), vision._conv(pix, kernel))
+  loss = lambda conv: lambda x, k: jnp.sum(conv(x, k) * g)
+  want = jax.grad(loss(vision._conv), (0, 1))(pix, kernel)
+  got = jax.grad(loss(vision.patch_conv), (0, 1))(pix, kernel)
+  for name, a, b in zip(("pixels", "kernel"), got, want):
+    # each a sum of 8 (pixels) or 36 (kernel) products, in another order
+    tolerance.assert_close(a, b, 16, name=name)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax.model import layers, llm, sharding, slowfast
+from vqathinker_jax.model import layers, llm, sharding, slowfast, vlm
 from vqathinker_jax.model.config import DTYPES, ModelConfig
 from vqathinker_jax.model.motion import MotionProjector
 from vqathinker_jax.model.vision import VisionTower
@@ -32,28 +32,16 @@ def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False)
   """
   if input_ids is None:
     return
-  if np.ndim(input_ids) != 2:
-    raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
-  # A global array that spans other processes' devices cannot be read here (multi-host
-  # evaluation): like a tracer, only its shapes are checked.
-  concrete = (not isinstance(input_ids, jax.core.Tracer)
-              and getattr(input_ids, "is_fully_addressable", True))
+  concrete = vlm.check_ids(input_ids)
   slots_B = (np.asarray(input_ids) == cfg.image_token_id).sum(1) if concrete else None
   if pixel_values is None:
     if concrete and slots_B.sum():
       raise ValueError(f"input_ids hold {slots_B.sum()} <IMG_CONTEXT> tokens (id "
                        f"{cfg.image_token_id}) but no pixel_values were given")
     return
-  shape = tuple(np.shape(pixel_values))
-  if len(shape) not in (4, 5) or shape[-1] != 3:
-    raise ValueError("pixel_values must be [frames, height, width, 3] or [videos, frames, "
-                     f"height, width, 3] (channels last), got {shape}")
-  if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
-    raise ValueError(f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}")
+  shape = vlm.check_pixels(pixel_values, 2 * cfg.vision.patch_size,
+                           "patch size x pixel-shuffle factor")
   step = 2 * cfg.vision.patch_size
-  if shape[-3] % step or shape[-2] % step:
-    raise ValueError(f"frame size {shape[-3]}x{shape[-2]} must be a multiple of {step} "
-                     "(patch size x pixel-shuffle factor)")
   per_frame = (shape[-3] // step) * (shape[-2] // step)
   if len(shape) == 5:
     if shape[0] != np.shape(input_ids)[0]:
@@ -71,7 +59,7 @@ def check_inputs(cfg: ModelConfig, input_ids, pixel_values, train: bool = False)
                      f"tokens, but input_ids hold {slots_B.sum()} <IMG_CONTEXT> slots")
 
 
-class InternVL(nnx.Module):
+class InternVL(vlm.VisionLanguageModel):
   """ViT -> pixel shuffle -> mlp1 -> visual tokens merged into the Qwen2 decoder; with
   `cfg.motion`, VQAThinker's SlowFast motion token after each video's frames."""
 
@@ -137,29 +125,6 @@ class InternVL(nnx.Module):
     del pixel_values
     mask_BP = jnp.asarray(attention_mask_BP).astype(jnp.int32)
     return llm.positions_from_mask(mask_BP), jnp.sum(mask_BP, axis=1), input_ids_BP.shape[1]
-
-  def hidden_states(self, input_ids_BT, pixel_values, positions_BT, mask_BTS, *,
-                    train: bool = False, slots_BT=None, remat: str = "off",
-                    drop_key: jax.Array | None = None) -> jax.Array:
-    """Final-normed decoder states [B, T, D] for explicit positions and an attention
-    mask, [B, T, T] or a `layers.PrefixGroupMask` (packed GRPO rows); the LM head is left
-    to the caller. ``remat``: `llm.REMAT_POLICIES`, for the ViT blocks and the decoder
-    layers; ``drop_key`` as `visual_tokens`."""
-    x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT,
-                       drop_key, remat)
-    h_BTD, _ = self.llm(x_BTD, positions_BT, mask_BTS, remat=remat)
-    return sharding.constrain_batch(h_BTD)
-
-  def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):
-    input_ids_BT = sharding.constrain_batch(input_ids_BT)
-    if attention_mask_BT is None:
-      attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
-    x_BTD = self.embed(input_ids_BT, pixel_values, train)
-    h_BTD, _ = self.llm(x_BTD, llm.positions_from_mask(attention_mask_BT),
-                        layers.CausalMask(attention_mask_BT))
-    # The public logits are the checkpoint's vocabulary: the padding ids are cut off.
-    logits_BTV = self.llm.logits(h_BTD)[..., :self.cfg.text.vocab_size]
-    return sharding.constrain_batch(logits_BTV)
 
   def __call__(self, input_ids, pixel_values=None, attention_mask=None, *,
                train: bool = False) -> jax.Array:

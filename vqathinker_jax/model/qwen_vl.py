@@ -9,8 +9,9 @@ positions, `mrope`), trainable with the same rollout and GRPO.
     # our pipeline: normalised frames [B, T, H, W, 3] of one size, patchified on device
     logits_BTV = m.forward(ids_BT, frames_BTHWC, mask_BT)
 
-The RL code sees the interface `InternVL` has (`embed`, `hidden_states`, `llm`,
-`prompt_positions`), so rollout, GRPO, SFT and evaluation run on either family.
+The RL code sees the interface `InternVL` has (`embed`, `prompt_positions`, and from
+`vlm.VisionLanguageModel` `hidden_states`, `forward`), so rollout, GRPO, SFT and evaluation
+run on either family.
 Legend: B batch, T tokens (frames in pixel arrays), D LLM width, V vocabulary, P patches,
 C patch values (in_chans·2·14·14), M visual tokens of the batch, H/W pixels, n vision items.
 """
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax.model import layers, llm, mrope, qwen_inputs, qwen_vision, sharding
+from vqathinker_jax.model import layers, llm, mrope, qwen_inputs, qwen_vision, sharding, vlm
 from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
 from vqathinker_jax.model.config import DTYPES, TextConfig
 
@@ -98,25 +99,14 @@ def check_inputs(cfg: QwenVLConfig, input_ids, pixel_values, train: bool = False
   del train
   if input_ids is None:
     return
-  if np.ndim(input_ids) != 2:
-    raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
-  concrete = (not isinstance(input_ids, jax.core.Tracer)
-              and getattr(input_ids, "is_fully_addressable", True))
+  concrete = vlm.check_ids(input_ids)
   ids = np.asarray(input_ids) if concrete else None
   if pixel_values is None:
     if concrete and np.isin(ids, (cfg.video_token_id, cfg.image_token_id)).any():
       raise ValueError("input_ids hold <|video_pad|>/<|image_pad|> tokens but no pixels were given")
     return
-  shape = tuple(np.shape(pixel_values))
-  if len(shape) not in (4, 5) or shape[-1] != 3:
-    raise ValueError("pixel_values must be [frames, height, width, 3] images or [videos, "
-                     f"frames, height, width, 3] (channels last), got {shape}")
-  if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
-    raise ValueError(f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}")
-  step = cfg.vision.patch_size * cfg.vision.spatial_merge_size
-  if shape[-3] % step or shape[-2] % step:
-    raise ValueError(f"frame size {shape[-3]}x{shape[-2]} must be a multiple of {step} "
-                     "(patch size x merge size; `qwen_inputs.smart_resize`)")
+  shape = vlm.check_pixels(pixel_values, cfg.vision.patch_size * cfg.vision.spatial_merge_size,
+                           "patch size x merge size; `qwen_inputs.smart_resize`")
   if len(shape) == 5 and shape[0] != np.shape(input_ids)[0]:
     raise ValueError(f"{shape[0]} videos of frames for {np.shape(input_ids)[0]} sequences")
   if not concrete:
@@ -135,7 +125,7 @@ def check_inputs(cfg: QwenVLConfig, input_ids, pixel_values, train: bool = False
                        f"{(ids == cfg.image_token_id).sum()} <|image_pad|> slots")
 
 
-class Qwen25VL(nnx.Module):
+class Qwen25VL(vlm.VisionLanguageModel):
   """Vision tower -> merged tokens in the <|video_pad|> / <|image_pad|> slots -> the Qwen2
   decoder with 3-D (t, h, w) rotary positions."""
 
@@ -210,26 +200,6 @@ class Qwen25VL(nnx.Module):
                                             token_id=token, **kw)
     items = P // max(1, int(np.prod(grid)) // cfg.vision.merge_unit)  # at most
     return pos_3BP, next_B, P + mrope.grid_position_slack(grid, items=items, **kw)
-
-  def hidden_states(self, input_ids_BT, pixel_values, positions_3BT, mask_BTS, *,
-                    train: bool = False, slots_BT=None, remat: str = "off",
-                    drop_key: jax.Array | None = None) -> jax.Array:
-    """Final-normed decoder states [B, T, D] (`InternVL.hidden_states`' contract), for
-    positions [3, B, T]."""
-    x_BTD = self.embed(sharding.constrain_batch(input_ids_BT), pixel_values, train, slots_BT,
-                       drop_key, remat)
-    h_BTD, _ = self.llm(x_BTD, positions_3BT, mask_BTS, remat=remat)
-    return sharding.constrain_batch(h_BTD)
-
-  def forward(self, input_ids_BT, pixel_values=None, attention_mask_BT=None, train: bool = False):
-    """Logits [B, T, V] for our pipeline's inputs (frames of one size, prompts right-padded)."""
-    ids_BT = sharding.constrain_batch(input_ids_BT)
-    if attention_mask_BT is None:
-      attention_mask_BT = jnp.ones(ids_BT.shape, jnp.int32)
-    pos_3BT, _, _ = self.prompt_positions(ids_BT, attention_mask_BT, pixel_values)
-    h_BTD = self.hidden_states(ids_BT, pixel_values, pos_3BT,
-                               layers.CausalMask(attention_mask_BT), train=train)
-    return sharding.constrain_batch(self.llm.logits(h_BTD)[..., :self.cfg.text.vocab_size])
 
   # ---------------------------------------- transformers' processor outputs, any grids ---
 
