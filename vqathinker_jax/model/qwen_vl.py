@@ -83,6 +83,13 @@ class QwenVLConfig:
     v = self.vision
     return (-(-frames // v.temporal_patch_size), height // v.patch_size, width // v.patch_size)
 
+  def item(self, pixel_shape) -> tuple[tuple[int, int, int], int, float | None]:
+    """(grid (t, h, w), pad token id, seconds per temporal grid) of one item of our
+    pipeline's pixels: a video of frames [B, T, H, W, 3], or each image of [N, H, W, 3]."""
+    if len(pixel_shape) == 5:
+      return self.video_grid(*pixel_shape[1:4]), self.video_token_id, self.second_per_grid_t
+    return self.video_grid(1, *pixel_shape[1:3]), self.image_token_id, None
+
   def tokens_per_frame(self, image_size: int) -> int:
     """Visual tokens per frame pair (a temporal patch) of square frames: (size / 28)²
     (`ModelConfig.tokens_per_frame`'s role; 256 at 448 px)."""
@@ -138,32 +145,23 @@ class Qwen25VL(vlm.VisionLanguageModel):
 
   # -------------------------------------------------- our pipeline: frames on device ---
 
-  def _items(self, pixel_values):
-    """(patches [n·P, C], grid (t, h, w), pad token, seconds per grid) of frames
-    [B, T, H, W, 3] (B videos) or [N, H, W, 3] (N images, each its own item)."""
-    cfg = self.cfg
-    v = cfg.vision
+  def visual_tokens(self, pixel_values, train: bool = False,
+                    drop_key: jax.Array | None = None, remat: str = "off") -> jax.Array:
+    """[M, D] in slot order, item by item (`QwenVLConfig.item`), each patchified on device
+    in the processor's order. ``train``, ``drop_key``, ``remat``: the InternVL interface's;
+    this tower has no drop-path and no remat of its own."""
+    del train, drop_key, remat
+    v = self.cfg.vision
     patchify = functools.partial(qwen_inputs.patchify_video, patch_size=v.patch_size,
                                  temporal_patch_size=v.temporal_patch_size,
                                  merge_size=v.spatial_merge_size)
     pix = sharding.constrain_batch(pixel_values)
-    if pix.ndim == 5:
-      grid, token, seconds = cfg.video_grid(*pix.shape[1:4]), cfg.video_token_id, cfg.second_per_grid_t
-    else:
-      pix = pix[:, None]
-      grid, token, seconds = cfg.video_grid(1, *pix.shape[2:4]), cfg.image_token_id, None
-    patches = jax.vmap(lambda f: patchify(f)[0])(pix)
-    return patches.reshape(-1, patches.shape[-1]), grid, token, seconds
-
-  def visual_tokens(self, pixel_values, train: bool = False,
-                    drop_key: jax.Array | None = None, remat: str = "off") -> jax.Array:
-    """[M, D] in slot order (item by item). ``train``, ``drop_key``, ``remat``: the
-    InternVL interface's; this tower has no drop-path and no remat of its own."""
-    del train, drop_key, remat
-    patches, grid, _, _ = self._items(pixel_values)
-    n = pixel_values.shape[0]
-    plan = qwen_vision.make_plan([grid] * n, self.cfg.vision)
-    return sharding.constrain_batch(self.vision.encode(patches, plan))
+    frames = pix if pix.ndim == 5 else pix[:, None]  # an image is a one-frame item
+    patches = jax.vmap(lambda f: patchify(f)[0])(frames)
+    grid, _, _ = self.cfg.item(pixel_values.shape)
+    plan = qwen_vision.make_plan([grid] * pixel_values.shape[0], v)
+    return sharding.constrain_batch(
+        self.vision.encode(patches.reshape(-1, patches.shape[-1]), plan))
 
   def embed(self, input_ids_BT: jax.Array, pixel_values=None, train: bool = False,
             slots_BT: jax.Array | None = None, drop_key: jax.Array | None = None,
@@ -173,12 +171,11 @@ class Qwen25VL(vlm.VisionLanguageModel):
     x_BTD = self.llm.embed_tokens(input_ids_BT)
     if pixel_values is None:
       return x_BTD
-    token = self.cfg.video_token_id if pixel_values.ndim == 5 else self.cfg.image_token_id
-    is_visual_BT = input_ids_BT == token
+    is_visual_BT = input_ids_BT == self.cfg.item(pixel_values.shape)[1]
     if slots_BT is not None:
       is_visual_BT = is_visual_BT & slots_BT.astype(bool)
     return layers.merge_visual(x_BTD, is_visual_BT,
-                        self.visual_tokens(pixel_values, train, drop_key, remat))
+                               self.visual_tokens(pixel_values, train, drop_key, remat))
 
   def prompt_positions(self, input_ids_BP, attention_mask_BP, pixel_values=None):
     """(positions [3, B, P], each row's next position [B], a static bound on it): the
@@ -190,10 +187,7 @@ class Qwen25VL(vlm.VisionLanguageModel):
       pos_BP = llm.positions_from_mask(attention_mask_BP)
       next_B = jnp.sum(jnp.asarray(attention_mask_BP).astype(jnp.int32), axis=1)
       return jnp.broadcast_to(pos_BP[None], (3, *pos_BP.shape)), next_B, P
-    if pixel_values.ndim == 5:
-      grid, token, seconds = cfg.video_grid(*pixel_values.shape[1:4]), cfg.video_token_id, cfg.second_per_grid_t
-    else:
-      grid, token, seconds = cfg.video_grid(1, *pixel_values.shape[1:3]), cfg.image_token_id, None
+    grid, token, seconds = cfg.item(pixel_values.shape)
     kw = dict(second_per_grid_t=seconds, spatial_merge_size=cfg.vision.spatial_merge_size,
               tokens_per_second=cfg.tokens_per_second)
     pos_3BP, next_B = mrope.grid_rope_index(input_ids_BP, attention_mask_BP, grid_thw=grid,
