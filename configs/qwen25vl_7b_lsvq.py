@@ -37,6 +37,10 @@ def get_config():
   # tower's 16 heads; fsdp=4 shards the state and carries the batch (4 batch shards).
   c.mesh.update(data=1, fsdp=4, tensor=4)
 
+  # `python -m vqathinker_jax.tools.aot --config` this file `--topology v5p-32` (XLA:TPU on a
+  # 2-core CPU, 2026-12-06, commit db0ccbf; the 8B recipe's remat and micro-batches, padded
+  # vocabulary, splash attention, the rollout's decode copy): the whole step peaks at
+  # 25.9 GiB per chip (73 % of a v5p chip's 95.7 GiB free; 728 s to compile).
   g = c.grpo
   g.micro_batch_size = 4  # videos per gradient micro-batch (one per batch shard)
   g.logprob_micro_batch_size = 8  # videos per no-grad log-prob micro-batch (two per shard)
