@@ -54,6 +54,8 @@ _PROGRAM = flags.DEFINE_enum("program", "update", ["update", "rollout"], "what t
 _REMAT = flags.DEFINE_enum("remat", "full", ["off", "full", "save_dots"], "what each layer keeps")
 _RUNS = flags.DEFINE_integer("runs", 2, "timed updates (besides the profiled one)")
 _TOP = flags.DEFINE_integer("top", 15, "slowest operations listed")
+_PROFILE = flags.DEFINE_bool("profile", True, "profile one more call (--noprofile: only time "
+                             "the program, e.g. at full depth, where a call takes minutes)")
 _OUT = flags.DEFINE_string("out", "", "JSON path (default: stdout only)")
 
 _SKIP_EVENT = re.compile(r"^(end: |ThreadpoolListener|SlinkyThreadPool|MutexLock)")
@@ -226,22 +228,30 @@ def main(argv):
 
     report["first_call_s"] = round(timed(), 2)
     times = [timed() for _ in range(_RUNS.value)]
-    trace = tempfile.mkdtemp(prefix=f"profile_{program}_")
-    jax.profiler.start_trace(trace)
-    wall = timed()
-    jax.profiler.stop_trace()
+    if _PROFILE.value:
+      trace = tempfile.mkdtemp(prefix=f"profile_{program}_")
+      jax.profiler.start_trace(trace)
+      wall = timed()
+      jax.profiler.stop_trace()
   report[f"{program}_s"] = _timing.summary(times, 3) if times else None
   # The limits in the same process, after the program (the same threads, warm).
   peak = 2 * 4096 ** 3 / _median_s(_timing.matmul_call(4096))
   report["matmul_peak_gflops"] = round(peak / 1e9, 1)
   report["prompt_tokens"] = P
-  report["profile"] = breakdown(profile_events(trace), _hlo.hlo_index(hlo), wall, peak, _TOP.value)
-  dots = report["profile"]["classes"].get("matmul", {})
+  if _PROFILE.value:
+    report["profile"] = breakdown(profile_events(trace), _hlo.hlo_index(hlo), wall, peak,
+                                  _TOP.value)
   if program == "update":
     flops = update_flops(shape, B, G, P, C, T, 0.0)
     report["model_tflop"] = round(flops / 1e12, 3)
-    report["profile"]["executed_matmul_tflop_over_model"] = (
-        round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
+    # Model FLOPs per second of the calls timed (the first, when it is the only one).
+    best = statistics.median(times) if times else report["first_call_s"]
+    report["model_gflops_per_s"] = round(flops / best / 1e9, 1)
+    report["fraction_of_matmul_peak"] = round(flops / best / peak, 3)
+    if _PROFILE.value:
+      dots = report["profile"]["classes"].get("matmul", {})
+      report["profile"]["executed_matmul_tflop_over_model"] = (
+          round(dots.get("tflop", 0) / (flops / 1e12), 3) if flops else None)
   else:
     copy = _timing.copy_call(1024, threads=len(os.sched_getaffinity(0)))
     report["copy_bandwidth_gbs"] = round(2 * 1024 * 2 ** 20 / _median_s(copy) / 1e9, 2)
