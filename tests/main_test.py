@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import runpy
 import subprocess
 import sys
 
@@ -25,6 +26,17 @@ def test_demo_smoke_runs_from_any_directory(tmp_path):
   report = json.loads((tmp_path / "wd/smoke.json").read_text())
   assert report["status"] == "ok" and report["dtype"] == "bfloat16"
   assert report["logits"] == [2, 16 + 3 * 4, 512]
+
+
+def test_qwen_smoke_on_a_sharded_mesh(tmp_path):
+  """The smoke check on the Qwen2.5-VL backbone (each frame an image item), its weights
+  split over fsdp and tensor."""
+  from vqathinker_jax import smoke
+  config = runpy.run_path(str(ROOT / "configs/qwen25vl_demo.py"))["get_config"]()
+  config.mesh.update(fsdp=2, tensor=2, data=2)
+  report = smoke.run(config, tmp_path)
+  assert report["status"] == "ok" and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert report["logits"] == [2, 16 + 3 * 4, 512]  # 3 frames of 56 px: 4 tokens each
 
 
 def test_compile_cache_goes_where_the_config_says(tmp_path):
@@ -56,7 +68,6 @@ def test_smoke_loads_a_checkpoint(hf_checkpoint, tmp_path):
 
 
 def _demo_config():
-  import runpy
   return runpy.run_path(str(ROOT / "configs/demo.py"))["get_config"]()
 
 

@@ -1,7 +1,8 @@
 """Model smoke check: build or load the model on the mesh, run one forward, report.
 
 The prompt mimics the InternVL layout (`<img>` + `<IMG_CONTEXT>`xN + `</img>` per frame
-amid text) with random token ids and random normalised frames.
+amid text) with random token ids and random normalised frames; on Qwen2.5-VL each frame is
+an image item of `<|image_pad|>` slots.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from vqathinker_jax import factory
+from vqathinker_jax.model import families
 from vqathinker_jax.model.config import ModelConfig
 
 
@@ -44,10 +46,10 @@ def run(config, workdir) -> dict:
   mask = np.ones_like(ids)
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
-    logits = m(input_ids=ids, pixel_values=frames, attention_mask=mask).block_until_ready()
+    logits = families.forward(m, ids, frames, mask).block_until_ready()
     first_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m(input_ids=ids, pixel_values=frames, attention_mask=mask).block_until_ready()
+    families.forward(m, ids, frames, mask).block_until_ready()
     second_s = time.perf_counter() - t0
   finite = bool(jnp.isfinite(logits).all())
   params = nnx.state(m, nnx.Param)

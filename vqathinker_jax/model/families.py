@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqathinker_jax.model import internvl, qwen_vl, sharding
+from vqathinker_jax.model import internvl, qwen_vl, sharding, vlm
 
 
 def module_class(cfg) -> type:
@@ -26,6 +27,14 @@ def check_inputs(cfg, input_ids, pixel_values, train: bool = False) -> None:
   """The family's own checks (`internvl.check_inputs`, `qwen_vl.check_inputs`)."""
   check = qwen_vl.check_inputs if cfg.family == qwen_vl.FAMILY else internvl.check_inputs
   check(cfg, input_ids, pixel_values, train)
+
+
+def forward(m, input_ids, pixel_values=None, attention_mask=None, *, train: bool = False):
+  """Logits [B, T, V] of our pipeline's inputs on either family (`InternVL.__call__`'s
+  contract: frames [N, H, W, 3] or [B, T, H, W, 3]), after the family's checks. Qwen2.5-VL's
+  own call takes transformers' processor outputs instead."""
+  check_inputs(m.cfg, input_ids, pixel_values, train)
+  return vlm.jit_forward(m, jnp.asarray(input_ids), pixel_values, attention_mask, train)
 
 
 def init(cfg, seed: int = 0, mesh: jax.sharding.Mesh | None = None,

@@ -136,9 +136,4 @@ class InternVL(vlm.VisionLanguageModel):
     selection (docs/method.md §1).
     """
     check_inputs(self.cfg, input_ids, pixel_values, train)
-    return _jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask, train)
-
-
-@nnx.jit(static_argnames="train")
-def _jit_forward(m: InternVL, input_ids, pixel_values, attention_mask, train):
-  return m.forward(input_ids, pixel_values, attention_mask, train)
+    return vlm.jit_forward(self, jnp.asarray(input_ids), pixel_values, attention_mask, train)

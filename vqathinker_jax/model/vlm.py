@@ -39,6 +39,12 @@ def check_pixels(pixel_values, step: int, hint: str) -> tuple[int, ...]:
   return shape
 
 
+@nnx.jit(static_argnames="train")
+def jit_forward(m, input_ids, pixel_values, attention_mask, train: bool = False):
+  """`VisionLanguageModel.forward` compiled (per model, shapes and ``train``)."""
+  return m.forward(input_ids, pixel_values, attention_mask, train)
+
+
 class VisionLanguageModel(nnx.Module):
   """A subclass has `cfg` (with `text.vocab_size`), `llm` (`llm.Qwen2`), `embed` and
   `prompt_positions`."""
