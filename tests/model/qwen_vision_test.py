@@ -10,6 +10,7 @@ from flax import nnx
 
 import hf_tiny
 import tolerance
+from vqathinker_jax.model import hf_checkpoint
 from vqathinker_jax.model import qwen_vision as qv
 
 # depth 4, blocks 1 and 3 full attention; head dim 8; window_size 56 px = 2x2 merge units
@@ -59,7 +60,7 @@ def hf_tensors(hf):
 def tower(request, hf_tensors):
   m = qv.QwenVisionTower(TINY, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0),
                          attention=request.param)
-  return qv.load_hf_vision(m, hf_tensors)
+  return hf_checkpoint.load_qwen_vision(m, hf_tensors)
 
 
 def pixels(grid, seed=0) -> np.ndarray:
@@ -96,13 +97,13 @@ def test_windows_change_the_output(hf_tensors):
   outs = []
   for c in (TINY, cfg):
     m = qv.QwenVisionTower(c, rngs=nnx.Rngs(0))
-    outs.append(np.asarray(qv.load_hf_vision(m, hf_tensors)(px, grid)))
+    outs.append(np.asarray(hf_checkpoint.load_qwen_vision(m, hf_tensors)(px, grid)))
   assert np.abs(outs[0] - outs[1]).max() > 1e-2 * np.abs(outs[0]).max()
 
 
 def test_jit_with_plan_argument_matches_eager(hf_tensors):
   """`encode` under jit with the plan as a traced argument (static shapes per grid)."""
-  m = qv.load_hf_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), hf_tensors)
+  m = hf_checkpoint.load_qwen_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), hf_tensors)
   grid = GRIDS["mixed"]
   px = pixels(grid, seed=1)
   plan = qv.make_plan(grid, TINY)
@@ -198,20 +199,20 @@ def test_config_from_hf():
 
 
 def test_load_accepts_both_prefixes_and_checks_names(hf_tensors):
-  a = qv.load_hf_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), hf_tensors)
+  a = hf_checkpoint.load_qwen_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), hf_tensors)
   renamed = {"model." + k: v for k, v in hf_tensors.items()}
   renamed["model.language_model.norm.weight"] = np.ones(64, np.float32)  # ignored
-  b = qv.load_hf_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(1)), renamed)
+  b = hf_checkpoint.load_qwen_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(1)), renamed)
   for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(a)), nnx.to_flat_state(nnx.state(b))):
     assert pa == pb
     np.testing.assert_array_equal(va[...], vb[...])
   q = hf_tensors["visual.blocks.2.attn.qkv.weight"]
   np.testing.assert_array_equal(a.blocks[2].attn.k.kernel[...], q[32:64].T)
   with pytest.raises(ValueError, match="missing"):
-    qv.load_hf_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)),
+    hf_checkpoint.load_qwen_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)),
                       {k: v for k, v in hf_tensors.items() if "mlp.2" not in k})
   with pytest.raises(ValueError, match="both prefixes"):
-    qv.load_hf_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), {**hf_tensors, **renamed})
+    hf_checkpoint.load_qwen_vision(qv.QwenVisionTower(TINY, rngs=nnx.Rngs(0)), {**hf_tensors, **renamed})
 
 
 def test_bfloat16_stays_near_transformers_bfloat16(hf, hf_tensors):
@@ -226,7 +227,7 @@ def test_bfloat16_stays_near_transformers_bfloat16(hf, hf_tensors):
     ref = hf16(torch.from_numpy(px).to(torch.bfloat16),
                grid_thw=torch.tensor(grid)).pooler_output.float().numpy()
   m = qv.QwenVisionTower(TINY, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-  ours = np.asarray(qv.load_hf_vision(m, hf_tensors)(px, grid).astype(jnp.float32))
+  ours = np.asarray(hf_checkpoint.load_qwen_vision(m, hf_tensors)(px, grid).astype(jnp.float32))
   # Two bf16 programs rounding in different places, through 4 blocks and the merger
   # (seen 1.6 bf16 units of the output scale).
   tolerance.assert_close(ours, ref, 8, eps=tolerance.EPS_BF16, name="bf16 merged tokens")

@@ -376,16 +376,22 @@ class TensorFiles:
     return self._open[f]
 
 
-def _canonical(keys: set[str], layout: str) -> dict[str, str]:
-  """Map canonical key -> key as stored (transformers' in-memory names for 'hf')."""
+LAYOUT_ALIASES = {"hf": HF_ALIASES, "chat": (), qwen_checkpoint.FAMILY: qwen_checkpoint.ALIASES}
+
+
+def _canonical(keys, layout: str) -> dict[str, str]:
+  """Map canonical key -> key as stored (`LAYOUT_ALIASES`: transformers' in-memory names
+  renamed to the on-disk ones). A tensor stored under both names is an error."""
   out = {}
   for key in keys:
     canon = key
-    if layout == "hf":
-      for src, dst in HF_ALIASES:
-        if key.startswith(src):
-          canon = dst + key[len(src):]
-          break
+    for src, dst in LAYOUT_ALIASES[layout]:
+      if key.startswith(src):
+        canon = dst + key[len(src):]
+        break
+    if canon in out:
+      raise CheckpointError(f"tensor {canon} is stored under both prefixes: {out[canon]!r} "
+                            f"and {key!r}")
     out[canon] = key
   return out
 
@@ -459,6 +465,31 @@ def motion_config(config: dict, stored_shapes: dict[str, tuple]) -> slowfast.Slo
   return slowfast.infer_config(sf, **config.get(MOTION_CONFIG_KEY, {}))
 
 
+def load_qwen_vision(module, tensors: dict):
+  """Copy transformers' Qwen2.5-VL vision tensors (numpy arrays named `visual.*` or
+  `model.visual.*`; other keys, e.g. the LLM's, are ignored) into the standalone tower
+  ``module`` (`qwen_vision.QwenVisionTower`) in place, by the names and conversions
+  `load` uses (`qwen_checkpoint.vision_weight_map`), checking that every parameter is
+  present exactly once with the right shape."""
+  stored = {k: v for k, v in _canonical(tensors, qwen_checkpoint.FAMILY).items()
+            if k.startswith(qwen_checkpoint.VISION_PREFIX)}
+  wmap = qwen_checkpoint.vision_weight_map(module.cfg)
+  needed = {key for key, _, _ in wmap.values()}
+  missing = sorted(needed - set(stored))
+  unexpected = sorted(k for k in set(stored) - needed if not k.endswith("inv_freq"))
+  if missing or unexpected:
+    raise CheckpointError(f"vision tensors do not match the config: missing {missing[:8]}, "
+                          f"unexpected {unexpected[:8]}")
+  for path_t, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    ours = ".".join(map(str, path_t))
+    key, kind, part = wmap[ours]
+    arr = _convert(np.asarray(tensors[stored[key]]), kind, part)
+    if arr.shape != var.shape:
+      raise CheckpointError(f"{key} gives shape {arr.shape} for {ours}, expected {var.shape}")
+    var.set_value(jax.numpy.asarray(arr, var.dtype))
+  return module
+
+
 def _fresh_motion_mlp(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
   """A newly initialised `motion_mlp` (the reference's U(0, 0.01) init, docs/method.md §1), flat path -> array."""
   dt = DTYPES[cfg.param_dtype]
@@ -485,14 +516,13 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
     if slowfast_weights is not None:
       raise CheckpointError("slowfast_weights: the motion branch is InternVL's; Qwen2.5-VL "
                             "runs without it (docs/method.md)")
-    stored = qwen_checkpoint.canonical(files.keys())
-    cfg = qwen_checkpoint.config_from_hf(config, has_lm_head=qwen_checkpoint.LM_HEAD in stored, dtype=dtype,
-                              param_dtype=param_dtype, attention=attention,
-                              scan_layers=scan_layers, second_per_grid_t=second_per_grid_t)
+    stored = _canonical(files.keys(), layout)
+    cfg = qwen_checkpoint.config_from_hf(
+        config, has_lm_head=qwen_checkpoint.LM_HEAD in stored, dtype=dtype,
+        param_dtype=param_dtype, attention=attention, scan_layers=scan_layers,
+        second_per_grid_t=second_per_grid_t)
     wmap, fresh = qwen_checkpoint.weight_map(cfg), {}
     ignorable = lambda key: qwen_checkpoint.ignorable(key, cfg)
-    graphdef, abstract = nnx.split(nnx.eval_shape(
-        lambda: families.module_class(cfg)(cfg, nnx.Rngs(0))))
   else:
     if slowfast_weights is not None:  # converted SlowFast tensors replace any in the checkpoint
       sf_files = TensorFiles(pathlib.Path(slowfast_weights))
@@ -515,7 +545,6 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
       fresh = _fresh_motion_mlp(cfg, seed)
       wmap = {k: v for k, v in wmap.items() if k not in fresh}
     ignorable = lambda key: _ignorable(key, cfg, layout)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: internvl.InternVL(cfg, nnx.Rngs(0))))
 
   needed = {key for key, _, _ in wmap.values()}
   missing = sorted(needed - set(stored))
@@ -529,6 +558,8 @@ def load(path, *, dtype: str = "float32", param_dtype: str = "float32", mesh=Non
     raise CheckpointError("\n  ".join(msg))
 
   mesh = mesh or sharding.single_device_mesh()
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: families.module_class(cfg)(cfg, nnx.Rngs(0))))
   shardings = sharding.param_shardings(abstract, mesh, rules)
   flat_shardings = dict(nnx.to_flat_state(shardings))
 

@@ -15,6 +15,7 @@ from vqathinker_jax.model.qwen_vl import FAMILY, QwenVLConfig
 
 # transformers' in-memory names -> the on-disk names (the canonical ones here).
 ALIASES = (("model.visual.", "visual."), ("model.language_model.", "model."))
+VISION_PREFIX = "visual."
 LM_HEAD = "lm_head.weight"
 
 
@@ -99,55 +100,52 @@ def patch_kind(cfg: QwenVisionConfig) -> str:
   return f"flat:{cfg.in_chans},{cfg.temporal_patch_size},{cfg.patch_size},{cfg.patch_size}"
 
 
-def weight_map(cfg: QwenVLConfig) -> dict[str, tuple[str, str, tuple[int, int] | None]]:
-  """Our parameter path -> (on-disk key, conversion, (part, parts) of the fused qkv)."""
-  m: dict[str, tuple[str, str, tuple[int, int] | None]] = {}
+# Our parameter path -> (checkpoint key, conversion, (part, parts) of a fused tensor).
+WeightMap = dict[str, tuple[str, str, tuple[int, int] | None]]
 
-  def linear(ours, key, bias=True, part=None):
-    m[f"{ours}.kernel"] = (f"{key}.weight", "linear", part)
-    if bias:
-      m[f"{ours}.bias"] = (f"{key}.bias", "vec", part)
 
-  m["vision.patch_embed"] = ("visual.patch_embed.proj.weight", patch_kind(cfg.vision), None)
-  for i in range(cfg.vision.depth):
-    o, k = f"vision.blocks.{i}", f"visual.blocks.{i}"
+def _linear(m: WeightMap, ours: str, key: str, bias: bool = True, part=None) -> None:
+  m[f"{ours}.kernel"] = (f"{key}.weight", "linear", part)
+  if bias:
+    m[f"{ours}.bias"] = (f"{key}.bias", "vec", part)
+
+
+def vision_weight_map(cfg: QwenVisionConfig) -> WeightMap:
+  """The vision tower's parameter path (within `qwen_vision.QwenVisionTower`) -> (on-disk
+  key, conversion, (part, parts) of the fused qkv)."""
+  m: WeightMap = {"patch_embed": ("visual.patch_embed.proj.weight", patch_kind(cfg), None)}
+  for i in range(cfg.depth):
+    o, k = f"blocks.{i}", f"visual.blocks.{i}"
     m[f"{o}.norm1.scale"] = (f"{k}.norm1.weight", "vec", None)
     m[f"{o}.norm2.scale"] = (f"{k}.norm2.weight", "vec", None)
     for j, name in enumerate("qkv"):  # rows of the fused qkv: [q | k | v]
-      linear(f"{o}.attn.{name}", f"{k}.attn.qkv", part=(j, 3))
-    linear(f"{o}.attn.proj", f"{k}.attn.proj")
+      _linear(m, f"{o}.attn.{name}", f"{k}.attn.qkv", part=(j, 3))
+    _linear(m, f"{o}.attn.proj", f"{k}.attn.proj")
     for name in ("gate", "up", "down"):
-      linear(f"{o}.mlp.{name}", f"{k}.mlp.{name}_proj")
-  m["vision.merger.ln_q.scale"] = ("visual.merger.ln_q.weight", "vec", None)
-  linear("vision.merger.fc1", "visual.merger.mlp.0")
-  linear("vision.merger.fc2", "visual.merger.mlp.2")
+      _linear(m, f"{o}.mlp.{name}", f"{k}.mlp.{name}_proj")
+  m["merger.ln_q.scale"] = ("visual.merger.ln_q.weight", "vec", None)
+  _linear(m, "merger.fc1", "visual.merger.mlp.0")
+  _linear(m, "merger.fc2", "visual.merger.mlp.2")
+  return m
+
+
+def weight_map(cfg: QwenVLConfig) -> WeightMap:
+  """Our parameter path -> (on-disk key, conversion, (part, parts) of the fused qkv)."""
+  m: WeightMap = {f"vision.{k}": v for k, v in vision_weight_map(cfg.vision).items()}
   m["llm.embed"] = ("model.embed_tokens.weight", "vec", None)
   for i in range(cfg.text.num_layers):
     o, k = f"llm.layers.{i}", f"model.layers.{i}"
     m[f"{o}.input_norm.scale"] = (f"{k}.input_layernorm.weight", "vec", None)
     m[f"{o}.post_norm.scale"] = (f"{k}.post_attention_layernorm.weight", "vec", None)
     for name in "qkv":
-      linear(f"{o}.attn.{name}", f"{k}.self_attn.{name}_proj")
-    linear(f"{o}.attn.o", f"{k}.self_attn.o_proj", bias=False)
+      _linear(m, f"{o}.attn.{name}", f"{k}.self_attn.{name}_proj")
+    _linear(m, f"{o}.attn.o", f"{k}.self_attn.o_proj", bias=False)
     for name in ("gate", "up", "down"):
-      linear(f"{o}.{name}", f"{k}.mlp.{name}_proj", bias=False)
+      _linear(m, f"{o}.{name}", f"{k}.mlp.{name}_proj", bias=False)
   m["llm.norm.scale"] = ("model.norm.weight", "vec", None)
   if not cfg.text.tie_word_embeddings:
     m["llm.lm_head.kernel"] = (LM_HEAD, "linear", None)
   return m
-
-
-def canonical(keys) -> dict[str, str]:
-  """Canonical (on-disk) key -> key as stored."""
-  out = {}
-  for key in keys:
-    canon = key
-    for src, dst in ALIASES:
-      if key.startswith(src):
-        canon = dst + key[len(src):]
-        break
-    out[canon] = key
-  return out
 
 
 def ignorable(key: str, cfg: QwenVLConfig) -> bool:

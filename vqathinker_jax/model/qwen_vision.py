@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -370,76 +369,3 @@ class QwenVisionTower(nnx.Module):
     # A merge unit's patches stay adjacent in window order, so merge first, then restore
     # the processor order.
     return self.merger(x_PD)[jnp.asarray(plan.reverse_U)]
-
-
-# ------------------------------------------------------------- HF checkpoints ---
-
-HF_PREFIXES = ("model.visual.", "visual.")  # transformers >= 4.52 in memory; on disk
-
-
-def _t(w):
-  return w.T
-
-
-def _same(w):
-  return w
-
-
-def _qkv_part(j: int, kind: str):
-  def conv(w):
-    D = w.shape[-1] if kind == "kernel" else w.shape[0] // 3
-    return w.reshape(3, D, D)[j].T if kind == "kernel" else w.reshape(3, D)[j]
-  return conv
-
-
-def hf_vision_names(cfg: QwenVisionConfig) -> dict[str, tuple[str, Callable]]:
-  """Our flat parameter path -> (transformers' name without the `visual.` prefix, the
-  conversion of its tensor to our layout)."""
-  names = {"patch_embed": ("patch_embed.proj.weight", lambda w: w.reshape(w.shape[0], -1).T),
-           "merger.ln_q.scale": ("merger.ln_q.weight", _same),
-           "merger.fc1.kernel": ("merger.mlp.0.weight", _t),
-           "merger.fc1.bias": ("merger.mlp.0.bias", _same),
-           "merger.fc2.kernel": ("merger.mlp.2.weight", _t),
-           "merger.fc2.bias": ("merger.mlp.2.bias", _same)}
-  for i in range(cfg.depth):
-    ours, hf = f"blocks.{i}.", f"blocks.{i}."
-    names[ours + "norm1.scale"] = (hf + "norm1.weight", _same)
-    names[ours + "norm2.scale"] = (hf + "norm2.weight", _same)
-    for j, part in enumerate("qkv"):  # rows of the fused qkv: [q | k | v]
-      names[ours + f"attn.{part}.kernel"] = (hf + "attn.qkv.weight", _qkv_part(j, "kernel"))
-      names[ours + f"attn.{part}.bias"] = (hf + "attn.qkv.bias", _qkv_part(j, "bias"))
-    for a, b in (("attn.proj", "attn.proj"), ("mlp.gate", "mlp.gate_proj"),
-                 ("mlp.up", "mlp.up_proj"), ("mlp.down", "mlp.down_proj")):
-      names[ours + a + ".kernel"] = (hf + b + ".weight", _t)
-      names[ours + a + ".bias"] = (hf + b + ".bias", _same)
-  return names
-
-
-def load_hf_vision(module: QwenVisionTower, tensors: dict) -> QwenVisionTower:
-  """Copy transformers' vision tensors (numpy arrays named `visual.*` or `model.visual.*`;
-  other keys, e.g. the LLM's, are ignored) into ``module`` in place, checking that every
-  parameter is present exactly once with the right shape."""
-  found: dict[str, np.ndarray] = {}
-  for key, value in tensors.items():
-    for prefix in HF_PREFIXES:
-      if key.startswith(prefix):
-        name = key[len(prefix):]
-        if name in found:
-          raise ValueError(f"vision tensor {name} appears under both prefixes {HF_PREFIXES}")
-        found[name] = value
-        break
-  names = hf_vision_names(module.cfg)
-  needed = {hf for hf, _ in names.values()}
-  missing = sorted(needed - set(found))
-  unexpected = sorted(k for k in set(found) - needed if not k.endswith("inv_freq"))
-  if missing or unexpected:
-    raise ValueError(f"vision checkpoint does not match the config: missing {missing[:8]}, "
-                     f"unexpected {unexpected[:8]}")
-  for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-    ours = ".".join(map(str, path))
-    hf, conv = names[ours]
-    arr = np.asarray(conv(np.asarray(found[hf])))
-    if arr.shape != var.shape:
-      raise ValueError(f"visual.{hf} gives shape {arr.shape} for {ours}, expected {var.shape}")
-    var.set_value(jnp.asarray(arr, var.dtype))
-  return module
