@@ -73,6 +73,8 @@ class TextConfig:
   def __post_init__(self):
     if self.vocab_multiple < 1:
       raise ValueError(f"vocab_multiple must be >= 1, got {self.vocab_multiple}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError("text.num_heads must be a multiple of text.num_kv_heads")
     if self.mrope_section is not None and sum(self.mrope_section) != self.head_dim // 2:
       raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim / 2 = "
                        f"{self.head_dim // 2}")
@@ -108,25 +110,29 @@ class ModelConfig:
   family = "internvl"  # not a field: the model family (`qwen_vl.QwenVLConfig`: qwen2_5_vl)
 
   def __post_init__(self):
-    for field in ("dtype", "param_dtype"):
-      if getattr(self, field) not in DTYPES:
-        raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; expected one of "
-                         f"{sorted(DTYPES)}")
-    if self.attention not in IMPLEMENTATIONS:
-      raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of "
-                       f"{IMPLEMENTATIONS}")
+    check_runtime_fields(self)
     if self.downsample_ratio != 0.5:
       raise ValueError(f"downsample_ratio={self.downsample_ratio}: only 0.5 (InternVL3) "
                        "is supported")
     if self.vision.hidden_size % self.vision.num_heads:
       raise ValueError("vision.hidden_size must be divisible by vision.num_heads")
-    if self.text.num_heads % self.text.num_kv_heads:
-      raise ValueError("text.num_heads must be a multiple of text.num_kv_heads")
 
   def tokens_per_frame(self, image_size: int | None = None) -> int:
     """Visual tokens one frame becomes: 256 at 448 px, 400 at 560 px."""
     grid = (image_size or self.vision.image_size) // self.vision.patch_size
     return (grid // 2) ** 2
+
+
+def check_runtime_fields(cfg) -> None:
+  """The fields every family's config has beside its architecture: `dtype`,
+  `param_dtype` (`DTYPES`) and `attention` (`attention_kernels.IMPLEMENTATIONS`)."""
+  name = type(cfg).__name__
+  for field in ("dtype", "param_dtype"):
+    if getattr(cfg, field) not in DTYPES:
+      raise ValueError(f"{name}.{field}={getattr(cfg, field)!r}; expected one of "
+                       f"{sorted(DTYPES)}")
+  if cfg.attention not in IMPLEMENTATIONS:
+    raise ValueError(f"{name}.attention={cfg.attention!r}; expected one of {IMPLEMENTATIONS}")
 
 
 def dtype_name(dtype) -> str:

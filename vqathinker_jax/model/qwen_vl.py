@@ -27,8 +27,7 @@ import numpy as np
 from flax import nnx
 
 from vqathinker_jax.model import layers, llm, mrope, qwen_inputs, qwen_vision, sharding, vlm
-from vqathinker_jax.model.attention_kernels import IMPLEMENTATIONS
-from vqathinker_jax.model.config import DTYPES, TextConfig
+from vqathinker_jax.model.config import DTYPES, TextConfig, check_runtime_fields
 
 FAMILY = "qwen2_5_vl"
 
@@ -53,23 +52,15 @@ class QwenVLConfig:
   scan_layers: bool = False            # the decoder's layers as one lax.scan (ModelConfig)
 
   family = FAMILY  # not a field: the model family, as `ModelConfig.family`
-  motion = None    # InternVL's SlowFast branch: none here (docs/method.md §7)
+  motion = None    # InternVL's SlowFast branch: none here (docs/method.md §8)
 
   def __post_init__(self):
-    for field in ("dtype", "param_dtype"):
-      if getattr(self, field) not in DTYPES:
-        raise ValueError(f"QwenVLConfig.{field}={getattr(self, field)!r}; expected one of "
-                         f"{sorted(DTYPES)}")
-    if self.attention not in IMPLEMENTATIONS:
-      raise ValueError(f"QwenVLConfig.attention={self.attention!r}; expected one of "
-                       f"{IMPLEMENTATIONS}")
+    check_runtime_fields(self)
     if self.text.mrope_section is None:
       raise ValueError("QwenVLConfig.text needs mrope_section (M-RoPE)")
     if self.vision.out_hidden_size != self.text.hidden_size:
       raise ValueError(f"vision.out_hidden_size {self.vision.out_hidden_size} != text "
                        f"hidden_size {self.text.hidden_size}")
-    if self.text.num_heads % self.text.num_kv_heads:
-      raise ValueError("text.num_heads must be a multiple of text.num_kv_heads")
     if not self.second_per_grid_t > 0:
       raise ValueError(f"second_per_grid_t={self.second_per_grid_t}: must be > 0")
 
