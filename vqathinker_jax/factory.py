@@ -35,7 +35,6 @@ IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32) * 255
 # Qwen2.5-VL's processor normalises with CLIP's (`qwen_inputs.normalize`).
 CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
 CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
-FAMILIES = ("internvl", "qwen2_5_vl")
 
 
 def normalize_frames(frames_BTHWC, family: str = "internvl"):

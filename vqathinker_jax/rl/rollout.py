@@ -289,10 +289,10 @@ def decode(model: model_lib.InternVL, prompt_cache, logits_NV, attention_mask_BP
       jax.vmap(lambda t: uniforms(jax.random.fold_in(rng, t), N), out_axes=1)(jnp.arange(C)))
   loop = functools.partial(_decode_loop, max_new_tokens=C, temperature=temperature,
                            top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=stop_ids,
-                           pad_id=pad_id)
+                           pad_id=pad_id,
+                           rope_length=(max_position or attention_mask_BP.shape[1]) + C)
   if next_position_B is None:
     next_position_B = jnp.sum(jnp.asarray(attention_mask_BP).astype(jnp.int32), axis=1)
-  loop = functools.partial(loop, rope_length=(max_position or attention_mask_BP.shape[1]) + C)
   args = (prompt_cache, logits_NV, attention_mask_BP, uniform_NC1,
           sharding.constrain_batch(jnp.asarray(next_position_B, jnp.int32)))
   lm = decoder(model) if lm is None else lm
