@@ -8,7 +8,6 @@ Legend: B videos, G completions per video, C new tokens, T frames, N = B.G rows.
 from __future__ import annotations
 
 
-
 def as_in_training(jax) -> None:
   """The CPU runtime settings `vqathinker_jax.main` makes for every run (programs on the
   calling thread; glibc keeps freed memory, so a step's temporaries are not mmapped and
@@ -16,6 +15,7 @@ def as_in_training(jax) -> None:
   from vqathinker_jax import main as entry
   entry._sync_cpu_dispatch(jax)
   entry._keep_freed_memory(jax)
+
 
 def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
   """Our contender (its own process): one call = one jitted GRPO step (rollout -> reward ->
