@@ -29,7 +29,7 @@ from vqathinker_jax.eval import evaluate
 from vqathinker_jax.model import sharding
 from vqathinker_jax.rl import grpo, rewards
 from vqathinker_jax.text import tokenizer as tok_lib
-from vqathinker_jax.train import checkpointing, sft, steps, log as train_log
+from vqathinker_jax.train import checkpointing, prefetch, sft, steps, log as train_log
 from vqathinker_jax.train.state import (Step, init_state, make_optimizer, policy, schedule,
                                         with_timing)
 
@@ -143,11 +143,13 @@ class _Run:
   key: jax.Array
   evals: dict = dataclasses.field(default_factory=dict)
 
-  def dataset(self, batch_size: int, seed: int, **kw):
+  def dataset(self, batch_size: int, seed: int, prepare, **kw) -> prefetch.Prefetch:
+    """The phase's batches, each made a device batch by ``prepare`` one step ahead."""
     d = self.config.data
-    return iter(pipeline.dataset(self.source, batch_size=batch_size // jax.process_count(),
-                                 seed=seed, worker_count=d.worker_count,
-                                 read_threads=d.read_threads, prefetch=d.prefetch, **kw))
+    it = iter(pipeline.dataset(self.source, batch_size=batch_size // jax.process_count(),
+                               seed=seed, worker_count=d.worker_count,
+                               read_threads=d.read_threads, prefetch=d.prefetch, **kw))
+    return prefetch.Prefetch(it, prepare)
 
   def evaluate(self, graphdef, state, tag: str) -> None:
     with self.timer(f"eval/{tag}"):
@@ -209,7 +211,17 @@ def _run_sft(run: _Run, graphdef, state):
       state, _, _ = run.ckpt.restore(S, state, run.key)
     return state
   C = sft.target_length(run.tokenizer, config.sft.think)
-  it = run.dataset(config.sft.batch_size, config.seed, num_copies=0)
+
+  def prepare(host):  # on the prefetch thread: the targets, the batch on the mesh
+    scenes = ([synthetic.scene_of(v, config.data.synthetic.scenes) for v in host["video_id"]]
+              if config.sft.answer == "random_scene" else None)
+    scores = sft.answers(host["label"], host["video_id"], config.sft.answer, config.seed,
+                         scenes)
+    host["targets"], host["target_mask"] = sft.targets(run.tokenizer, scores,
+                                                       config.sft.think, C)
+    return _device_batch(host, run.mesh, ("frames", "targets", "target_mask"))
+
+  it = run.dataset(config.sft.batch_size, config.seed, prepare, num_copies=0)
   if run.latest:
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
     run.writer.set_position(run.latest)
@@ -218,17 +230,10 @@ def _run_sft(run: _Run, graphdef, state):
                                                                   run.model_cfg.family),
                                   remat=config.grpo.remat),
               on_compile=lambda s: run.timer.add("sft", s))
-  with jax.set_mesh(run.mesh):
+  with jax.set_mesh(run.mesh), it:  # leaving it stops the prefetch thread
     for s in range(run.latest + 1, S + 1):
-      t_wait = time.perf_counter()  # input wait: the next batch, its targets, on device
-      host = next(it)
-      scenes = ([synthetic.scene_of(v, config.data.synthetic.scenes) for v in host["video_id"]]
-                if config.sft.answer == "random_scene" else None)
-      scores = sft.answers(host["label"], host["video_id"], config.sft.answer, config.seed,
-                           scenes)
-      host["targets"], host["target_mask"] = sft.targets(run.tokenizer, scores,
-                                                         config.sft.think, C)
-      b = _device_batch(host, run.mesh, ("frames", "targets", "target_mask"))
+      t_wait = time.perf_counter()  # input wait: what the prefetch thread has not made ready
+      b = next(it)
       run.profiler.before(s)
       t0 = time.perf_counter()
       state, metrics = step(state, b)
@@ -260,6 +265,8 @@ def _run_grpo(run: _Run, graphdef, sft_state):
   del sft_state
   modes = tuple(m for m in config.data.perturb_modes.split(",") if m) or perturb.MODES
   it = run.dataset(config.train.batch_size, config.seed + 1,
+                   lambda host: _device_batch(host, run.mesh,
+                                              ("frames", "label", "perturb_idx", "blank")),
                    num_copies=gcfg.num_generations, modes=modes)
   if run.latest > S:
     state, _, _ = run.ckpt.restore(run.latest, state, run.key, data_iterator=it)
@@ -271,16 +278,17 @@ def _run_grpo(run: _Run, graphdef, sft_state):
   key_dev = _replicated(run.key, run.mesh)
   eval_every = config.train.eval_every
   with jax.set_mesh(run.mesh):
-    for s in range(max(run.latest, S) + 1, total + 1):
-      t_wait = time.perf_counter()  # input wait: the next batch, on device
-      b = _device_batch(next(it), run.mesh, ("frames", "label", "perturb_idx", "blank"))
-      run.profiler.before(s)
-      t0 = time.perf_counter()
-      state, metrics = step(state, b, key_dev)
-      run.log(s, state, metrics, t0, "grpo", t0 - t_wait)
-      run.save(s, state, it, "grpo", force=s == total)
-      if eval_every and (s - S) % eval_every == 0 and s != total:
-        run.evaluate(graphdef, state, f"step_{s}")
+    with it:  # leaving it stops the prefetch thread
+      for s in range(max(run.latest, S) + 1, total + 1):
+        t_wait = time.perf_counter()  # input wait: what the prefetch thread has not made ready
+        b = next(it)
+        run.profiler.before(s)
+        t0 = time.perf_counter()
+        state, metrics = step(state, b, key_dev)
+        run.log(s, state, metrics, t0, "grpo", t0 - t_wait)
+        run.save(s, state, it, "grpo", force=s == total)
+        if eval_every and (s - S) % eval_every == 0 and s != total:
+          run.evaluate(graphdef, state, f"step_{s}")
     run.evaluate(graphdef, state, "final")
   return policy(graphdef, state)
 
