@@ -414,7 +414,7 @@ def _divisors(n: int) -> list[int]:
 # ----------------------------------------------------------------------- model ---
 
 def _check_model(c: _Checker) -> None:
-  if c.get("model.family") == "qwen2_5_vl":
+  if c.get("model.family") == tok_lib.QWEN25VL:
     for path in ("model.slowfast_weights", "model.arch.motion.enabled"):
       if c.get(path) not in ("", False, None):
         c.bad(path, "the motion branch is InternVL's; config.model.family=qwen2_5_vl runs "

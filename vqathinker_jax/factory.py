@@ -37,11 +37,11 @@ CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
 CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
 
 
-def normalize_frames(frames_BTHWC, family: str = "internvl"):
+def normalize_frames(frames_BTHWC, family: str = tok_lib.INTERNVL):
   """uint8 RGB -> float32 normalised as ``family``'s vision tower was trained (ImageNet's
   mean/std for InternVL, CLIP's for Qwen2.5-VL); numpy stays on the host, a jax array on
   device (the trainer normalises there: a quarter of the bytes to move)."""
-  mean, std = ((CLIP_MEAN, CLIP_STD) if family == "qwen2_5_vl" else
+  mean, std = ((CLIP_MEAN, CLIP_STD) if family == tok_lib.QWEN25VL else
                (IMAGENET_MEAN, IMAGENET_STD))
   return (frames_BTHWC.astype(np.float32) - mean) / std
 
@@ -58,22 +58,22 @@ def model_config(config) -> ModelConfig:
   (-1: the checkpoint's own; with no readable checkpoint, e.g. `tools/aot` on
   placeholder paths, that is 0)."""
   m = config.model
-  if m.get("family", "internvl") == "qwen2_5_vl" or _checkpoint_family(m.checkpoint) == "qwen2_5_vl":
-    return _qwen_config(config)
+  hf = _hf_config(m.checkpoint)
+  if m.get("family", tok_lib.INTERNVL) == tok_lib.QWEN25VL or _family(hf) == tok_lib.QWEN25VL:
+    return _qwen_config(config, hf)
   drop_path_rate = float(m.get("drop_path_rate", 0.0))
   motion = None
   if m.arch.motion.enabled or m.slowfast_weights:
     mo = m.arch.motion
     motion = SlowFastConfig(width=mo.width, depth=mo.depth, pool_t_slow=mo.pool_t_slow,
                             pool_t_fast=mo.pool_t_fast, pool_hw=mo.pool_hw)
-  path = pathlib.Path(m.checkpoint) if m.checkpoint else None
-  if path is not None and (path / "config.json").exists():
+  if hf is not None:
     from vqathinker_jax.model import hf_checkpoint
-    hf = json.loads((path / "config.json").read_text())
     text = hf.get("text_config") or hf.get("llm_config") or {}
     # An untied LM head is what InternVL3 ships; the config's own flag is unreliable.
     return hf_checkpoint.config_from_hf(hf, has_lm_head=not text.get("tie_word_embeddings", False),
-                                        motion=motion, path=path, dtype=m.dtype,
+                                        motion=motion, path=pathlib.Path(m.checkpoint),
+                                        dtype=m.dtype,
                                         param_dtype=m.param_dtype, attention=m.attention,
                                         scan_layers=m.scan_layers, drop_path_rate=drop_path_rate)
   a = m.arch
@@ -84,24 +84,27 @@ def model_config(config) -> ModelConfig:
                      attention=m.attention, scan_layers=m.scan_layers)
 
 
-def _checkpoint_family(checkpoint: str) -> str | None:
-  """The family a local checkpoint's config.json names (None: no readable config)."""
+def _hf_config(checkpoint: str) -> dict | None:
+  """A local checkpoint's config.json (None: no checkpoint, or none there)."""
   path = pathlib.Path(checkpoint) / "config.json" if checkpoint else None
-  if path is None or not path.exists():
+  return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def _family(hf: dict | None) -> str | None:
+  """The family a checkpoint's config.json names (None: no config)."""
+  if hf is None:
     return None
-  return "qwen2_5_vl" if json.loads(path.read_text()).get("model_type") == "qwen2_5_vl" else "internvl"
+  return tok_lib.QWEN25VL if hf.get("model_type") == tok_lib.QWEN25VL else tok_lib.INTERNVL
 
 
-def _qwen_config(config):
-  """`model_config` for Qwen2.5-VL: the checkpoint's config.json, else `model.arch.text`
-  and `model.arch.qwen`."""
+def _qwen_config(config, hf: dict | None):
+  """`model_config` for Qwen2.5-VL: the checkpoint's config.json ``hf``, else
+  `model.arch.text` and `model.arch.qwen`."""
   from vqathinker_jax.model import qwen_checkpoint, qwen_vision, qwen_vl
   m = config.model
   run = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention,
              scan_layers=m.scan_layers, second_per_grid_t=float(m.second_per_grid_t))
-  path = pathlib.Path(m.checkpoint) if m.checkpoint else None
-  if path is not None and (path / "config.json").exists():
-    hf = json.loads((path / "config.json").read_text())
+  if hf is not None:
     return qwen_checkpoint.config_from_hf(hf, has_lm_head=not hf.get("tie_word_embeddings"),
                                           **run)
   q = m.arch.qwen
@@ -121,9 +124,9 @@ def build_model(config, mesh) -> tuple[model_lib.InternVL, ModelConfig]:
   axis names."""
   m = config.model
   if m.checkpoint:
-    found = _checkpoint_family(m.checkpoint)
-    if found is not None and found != m.get("family", "internvl"):
-      raise ValueError(f"config.model.family={m.get('family', 'internvl')!r} but the "
+    found = _family(_hf_config(m.checkpoint))
+    if found is not None and found != m.get("family", tok_lib.INTERNVL):
+      raise ValueError(f"config.model.family={m.get('family', tok_lib.INTERNVL)!r} but the "
                        f"checkpoint {m.checkpoint} is {found!r}: set "
                        f"--config.model.family={found}")
     return model_lib.from_pretrained(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
@@ -148,7 +151,7 @@ def tokenizer(config, workdir) -> tok_lib.Tokenizer:
 
     def make():
       if not (path / "tokenizer.json").exists():
-        demo_tokenizer.save(demo_tokenizer.build(m.get("family", "internvl")), path)
+        demo_tokenizer.save(demo_tokenizer.build(m.get("family", tok_lib.INTERNVL)), path)
 
     # As ensure_synthetic: process 0 first, so that processes sharing the workdir do not
     # write the same files at once (the others build their own only on a local disk).

@@ -137,3 +137,10 @@ def test_padding_and_prompt_batch(tok):
   assert ids.shape == mask.shape == (3, len(p) + 4) and ids.dtype == mask.dtype == np.int32
   assert (ids[:, :len(p)] == p).all() and (ids[:, len(p):] == tok.special.pad).all()
   assert mask.sum(1).tolist() == [len(p)] * 3
+
+
+def test_family_names_are_the_models():
+  # text/ may not import model/: its own names must be the model classes' family names.
+  from vqathinker_jax.model import config as model_config, qwen_vl
+  assert T.FAMILIES == (model_config.ModelConfig.family, qwen_vl.FAMILY)
+  assert qwen_vl.QwenVLConfig.family == T.QWEN25VL

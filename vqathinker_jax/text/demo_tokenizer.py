@@ -30,17 +30,17 @@ def quality_word(mos: float) -> str:
   return QUALITY_WORDS[min(int((float(mos) - 1.0) / 0.8), len(QUALITY_WORDS) - 1)]
 
 
-def _corpus(family: str = "internvl") -> list[str]:
+def _corpus(family: str = tok_lib.INTERNVL) -> list[str]:
   prompt = tok_lib.prompt_text(tok_lib.PromptConfig(num_frames=12, tokens_per_frame=1,
                                                     family=family,
-                                                    motion=family == "internvl"),
+                                                    motion=family == tok_lib.INTERNVL),
                                expand=False)
   answers = [f"<think>The video looks {w}.</think>\n<answer>{s:.2f}</answer>"
              for w in QUALITY_WORDS for s in (1.25, 2.5, 3.75, 4.9)]
   return [prompt] * 8 + answers * 4 + ["0123456789 .-\n"]
 
 
-def build(family: str = "internvl") -> tok_lib.Tokenizer:
+def build(family: str = tok_lib.INTERNVL) -> tok_lib.Tokenizer:
   """The demo tokenizer of ``family``'s prompt (deterministic: same corpus, same merges)."""
   backend = tokenizers.Tokenizer(tokenizers.models.BPE())
   backend.normalizer = tokenizers.normalizers.NFC()
@@ -50,7 +50,7 @@ def build(family: str = "internvl") -> tok_lib.Tokenizer:
   backend.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=VOCAB_SIZE, show_progress=False,
-      special_tokens=SPECIAL + (QWEN_SPECIAL if family == "qwen2_5_vl" else []),
+      special_tokens=SPECIAL + (QWEN_SPECIAL if family == tok_lib.QWEN25VL else []),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   backend.train_from_iterator(_corpus(family), trainer)
   return tok_lib.Tokenizer(backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")

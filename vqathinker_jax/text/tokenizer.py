@@ -24,7 +24,9 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # Qwen2.5-VL's: a video is <|vision_start|> <|video_pad|>×N <|vision_end|>.
 VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
 QWEN_SYSTEM_MESSAGE = "You are a helpful assistant."  # its chat template's default
-FAMILIES = ("internvl", "qwen2_5_vl")
+# The model families (`ModelConfig.family`, `qwen_vl.FAMILY`: the same names).
+INTERNVL, QWEN25VL = "internvl", "qwen2_5_vl"
+FAMILIES = (INTERNVL, QWEN25VL)
 IMAGE_PLACEHOLDER = "<image>"
 
 # transformers' Qwen2Converter pre-tokenizer split.
@@ -194,31 +196,31 @@ class PromptConfig:
   layout: str = "train"
   # qwen2_5_vl: Qwen2.5-VL's chat template, the clip as one video item (`image_tokens`);
   # ``tokens_per_frame`` is then per frame pair ((size / 28)², `QwenVLConfig.video_grid`).
-  family: str = "internvl"
+  family: str = INTERNVL
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
     if self.family not in FAMILIES:
       raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
-    if self.family == "qwen2_5_vl" and self.motion:
+    if self.family == QWEN25VL and self.motion:
       raise ValueError("the motion token is InternVL's: Qwen2.5-VL prompts have none")
     if self.system_message is None:
       object.__setattr__(self, "system_message", QWEN_SYSTEM_MESSAGE
-                         if self.family == "qwen2_5_vl" else INTERNVL_SYSTEM_MESSAGE)
+                         if self.family == QWEN25VL else INTERNVL_SYSTEM_MESSAGE)
     if self.num_frames < 1 or self.tokens_per_frame < 1:
       raise ValueError("num_frames and tokens_per_frame must be positive")
 
   @property
   def num_images(self) -> int:
     """``<image>`` placeholders: a frame each (+ motion); one video item for Qwen2.5-VL."""
-    return 1 if self.family == "qwen2_5_vl" else self.num_frames + int(self.motion)
+    return 1 if self.family == QWEN25VL else self.num_frames + int(self.motion)
 
   @property
   def num_context_tokens(self) -> int:
     """`<IMG_CONTEXT>` slots in the prompt: frames × tokens per frame (+ 1 motion slot);
     Qwen2.5-VL's <|video_pad|> slots: a token per frame pair (its temporal patch)."""
-    if self.family == "qwen2_5_vl":
+    if self.family == QWEN25VL:
       return -(-self.num_frames // 2) * self.tokens_per_frame
     return self.num_frames * self.tokens_per_frame + int(self.motion)
 
@@ -227,7 +229,7 @@ def user_text(cfg: PromptConfig) -> str:
   """The user turn with one ``<image>`` per frame (then the motion one, if any); for
   Qwen2.5-VL one ``<image>`` for the whole clip, then the question (its template puts
   the text right after the video item, no newline)."""
-  if cfg.family == "qwen2_5_vl":
+  if cfg.family == QWEN25VL:
     return IMAGE_PLACEHOLDER + cfg.question + " " + cfg.format_instruction
   if cfg.layout == "train":
     lines = ["Now you will receive a video:\n"]
@@ -252,7 +254,7 @@ def chat_text(user: str, system_message: str = INTERNVL_SYSTEM_MESSAGE) -> str:
 def image_tokens(cfg: PromptConfig) -> list[str]:
   """Replacement of each ``<image>`` in order: frames, then the motion slot (Qwen2.5-VL:
   the clip's one video item)."""
-  if cfg.family == "qwen2_5_vl":
+  if cfg.family == QWEN25VL:
     return [VISION_START + VIDEO_PAD * cfg.num_context_tokens + VISION_END]
   frame = IMG_START + IMG_CONTEXT * cfg.tokens_per_frame + IMG_END
   return [frame] * cfg.num_frames + ([IMG_START + IMG_CONTEXT + IMG_END] if cfg.motion else [])
@@ -275,7 +277,7 @@ def prompt_ids(tokenizer: Tokenizer, cfg: PromptConfig) -> np.ndarray:
   if len(pieces) != cfg.num_images + 1:
     raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders, expected "
                      f"{cfg.num_images} (does the question or system message contain one?)")
-  if cfg.family == "qwen2_5_vl":
+  if cfg.family == QWEN25VL:
     if s.video_pad is None or s.vision_start is None or s.vision_end is None:
       raise ValueError(f"the tokenizer has no {VISION_START}/{VIDEO_PAD}/{VISION_END}: not a "
                        "Qwen2.5-VL tokenizer")

@@ -101,10 +101,11 @@ def synthetic_prompt(cfg, frames: int, size: int):
   the same text length (its system message is shorter: a slight overestimate) around
   <|vision_start|>, the clip's <|video_pad|> slots and <|vision_end|>."""
   import numpy as np
+  from vqathinker_jax.model import qwen_vl
   from vqathinker_jax.tools import plan
   per_frame = cfg.tokens_per_frame(size)
   motion = cfg.motion is not None
-  if cfg.family == "qwen2_5_vl":
+  if cfg.family == qwen_vl.FAMILY:
     slots = cfg.tokens_per_video(frames, size, size)
     P = plan.PROMPT_TEXT_TOKENS + 2 + slots
     ids = np.zeros(P, np.int32)
