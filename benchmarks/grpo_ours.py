@@ -17,6 +17,22 @@ def as_in_training(jax) -> None:
   entry._keep_freed_memory(jax)
 
 
+def grpo_setup(policy, G: int, C: int, *, beta: float, loss_type: str, top_k: int,
+               remat: str, learning_rate: float):
+  """(GRPO config, AdamW, graphdef, train state) of our benchmarked updates (`ours`,
+  `profile_update.py`): no stop ids, no temporal reward, a constant learning rate."""
+  from vqathinker_jax.rl import grpo
+  from vqathinker_jax.train import state as train_state
+  cfg = grpo.GRPOConfig(num_generations=G, beta=beta, kl_estimator="k3", epsilon=0.2,
+                        loss_type=loss_type, num_iterations=1, max_completion_length=C,
+                        temperature=1.0, top_k=top_k, top_p=1.0, stop_ids=(), temporal=False,
+                        remat=remat)
+  tx = train_state.make_optimizer(learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.999,
+                                  eps=1e-8, weight_decay=0.0)
+  graphdef, state = train_state.init_state(policy, tx, reference=bool(beta))
+  return cfg, tx, graphdef, state
+
+
 def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
   """Our contender (its own process): one call = one jitted GRPO step (rollout -> reward ->
   reference -> update), or with ``rollout_only`` the rollout (and advantages) alone, with
@@ -25,8 +41,8 @@ def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
   import jax.numpy as jnp
   from flax import nnx
   from vqathinker_jax import model
-  from vqathinker_jax.rl import grpo, rewards, rollout
-  from vqathinker_jax.train import state as train_state, steps
+  from vqathinker_jax.rl import rewards, rollout
+  from vqathinker_jax.train import steps
   as_in_training(jax)
   B, G, C, T, size = (work[k] for k in ("videos", "generations", "new_tokens", "frames", "size"))
   # Compute dtype (default float32); parameters (and so AdamW's moments) in float32 always:
@@ -77,13 +93,9 @@ def ours(ckpt: str, ids, pix, work: dict, rollout_only: bool = False):
     call.report = call_report
     return call
 
-  cfg = grpo.GRPOConfig(num_generations=G, beta=work["beta"], kl_estimator="k3", epsilon=0.2,
-                        loss_type=work["loss_type"], num_iterations=1, max_completion_length=C,
-                        temperature=1.0, top_k=work["top_k"], top_p=1.0, stop_ids=(),
-                        temporal=False, remat="full" if work["low_memory"] else "off")
-  tx = train_state.make_optimizer(work["learning_rate"], max_grad_norm=1.0, b1=0.9, b2=0.999,
-                                  eps=1e-8, weight_decay=0.0)
-  graphdef, state = train_state.init_state(policy, tx, reference=bool(cfg.beta))
+  cfg, tx, graphdef, state = grpo_setup(
+      policy, G, C, beta=work["beta"], loss_type=work["loss_type"], top_k=work["top_k"],
+      remat="full" if work["low_memory"] else "off", learning_rate=work["learning_rate"])
   del policy
   mesh = jax.tree.leaves(state.params)[0].sharding.mesh
   step_fn = steps.make_grpo_step(graphdef, state, tx, cfg, reward_fn)

@@ -126,19 +126,14 @@ def _reduced(shape, layers: int):
 def _build(ckpt, shape, B, G, C, T, remat):
   import jax.numpy as jnp
   import numpy as np
+  from grpo_ours import grpo_setup
   from shapes import prompt_batch
   from vqathinker_jax import model
-  from vqathinker_jax.rl import grpo
-  from vqathinker_jax.train import state as train_state, steps
-  cfg = grpo.GRPOConfig(num_generations=G, beta=0.0, kl_estimator="k3", epsilon=0.2,
-                        loss_type="dr_grpo", num_iterations=1, max_completion_length=C,
-                        temperature=1.0, top_k=0, top_p=1.0, stop_ids=(), temporal=False,
-                        remat=remat)
-  tx = train_state.make_optimizer(1e-6, max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
-                                  weight_decay=0.0)
+  from vqathinker_jax.train import steps
   policy, _ = model.from_pretrained(ckpt, dtype="float32", param_dtype="float32",
                                     scan_layers=True)
-  graphdef, state = train_state.init_state(policy, tx, reference=False)
+  cfg, tx, graphdef, state = grpo_setup(policy, G, C, beta=0.0, loss_type="dr_grpo", top_k=0,
+                                        remat=remat, learning_rate=1e-6)
   del policy
   ids, pix = prompt_batch(shape, B, T, 8)
   rng = np.random.default_rng(0)
