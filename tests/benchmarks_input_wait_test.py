@@ -7,12 +7,18 @@ import runpy
 import subprocess
 import sys
 
+from vqathinker_jax import config_check
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import input_wait  # noqa: E402
 
-from vqathinker_jax import config_check  # noqa: E402
+
+def _overrides(*args) -> list[str]:
+  """`input_wait.overrides(*args)`, read in a child process: the script defines absl flags
+  (shape, workdir, ...) that would clash with other modules' in this test process."""
+  code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+          f"import input_wait; print(json.dumps(input_wait.overrides(*{args!r})))")
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  return json.loads(p.stdout)
 
 
 def _apply(config, flags_):
@@ -30,7 +36,7 @@ def _apply(config, flags_):
 
 def test_the_1b_set_up_is_a_valid_config_of_the_stated_shape():
   c = _apply(runpy.run_path(str(ROOT / "configs/demo.py"))["get_config"](),
-             input_wait.overrides("internvl3_1b", 2, -1, -1))
+             _overrides("internvl3_1b", 2, -1, -1))
   config_check.validate(c, num_devices=1, check_paths=False)
   assert (c.model.arch.text.hidden_size, c.model.arch.text.vocab_size) == (896, 151674)
   assert (c.model.arch.vision.num_layers, c.model.arch.text.num_layers) == (2, 2)
